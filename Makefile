@@ -1,0 +1,41 @@
+# The two commands of the README, plus a few conveniences.
+#   make run   - create .venv, install, migrate the SQLite database, serve on 127.0.0.1:8080
+#   make test  - install with the dev extra and run the whole suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= $(or $(XIAOBAO_HTTP_PORT),8080)
+
+.PHONY: run test lint check bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+run: $(VENV)/.installed
+	$(BIN)/xiaobao db upgrade
+	@echo "xiaobao: open http://127.0.0.1:$(PORT) in a browser (Ctrl+C stops)"
+	XIAOBAO_HTTP_PORT=$(PORT) $(BIN)/xiaobao serve
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check bot knowledge classifiers handlers tests benchmarks
+
+check: $(VENV)/.installed-dev
+	$(BIN)/xiaobao kb check
+
+test: $(VENV)/.installed-dev lint check
+	$(BIN)/python -m pytest
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) var test-artifacts .pytest_cache .ruff_cache

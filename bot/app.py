@@ -1,0 +1,32 @@
+"""The application factory: config in, wired aiohttp application out.
+
+`create_app` is the only place that assembles the service: the shared services (see
+`bot.services`) as a cleanup context, then every enabled channel.  Tests and `xiaobao
+serve` start and stop it the same way; nothing is created at import time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from bot.config import Config
+from bot.services import SERVICES, open_services
+from handlers import web as web_channel
+from knowledge.index import KnowledgeIndex
+
+
+def create_app(config: Config, knowledge: KnowledgeIndex | None = None) -> web.Application:
+    """The service's aiohttp application with every enabled channel mounted."""
+    app = web.Application(client_max_size=config.http.max_body_bytes)
+
+    async def services_ctx(app: web.Application) -> AsyncIterator[None]:
+        services = await open_services(config, knowledge)
+        app[SERVICES] = services
+        yield
+        await services.engine.dispose()
+
+    app.cleanup_ctx.append(services_ctx)
+    web_channel.setup(app)
+    return app

@@ -1,0 +1,318 @@
+"""The `xiaobao` command line: serve, chat, ask, knowledge-base tools, migrations.
+
+Outside tools (evaluation scripts, deployment) call these commands, so their output and
+exit codes are contracts (see `shared/spec/interfaces.md`): 0 on success, 2 on bad usage
+or input with one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from bot.config import Config, ConfigError, load_config
+
+EXIT_USAGE = 2
+PID_FILE = Path("var/xiaobao.pid")
+
+
+class UsageError(Exception):
+    """Bad usage or bad input: reported as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(Path(args.config) if args.config else None)
+
+
+def _setup_logging(config: Config) -> None:
+    logging.basicConfig(
+        level=config.log.level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# -- serve / chat / db ---------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the service until interrupted; SIGHUP reloads the knowledge base."""
+    from aiohttp import web
+
+    from bot.app import create_app
+    from bot.services import SERVICES
+
+    config = _config(args)
+    _setup_logging(config)
+    app = create_app(config)
+
+    async def on_startup(app: web.Application) -> None:
+        loop = asyncio.get_running_loop()
+        index = app[SERVICES].knowledge
+
+        def reload() -> None:
+            task = loop.create_task(index.reload())
+            task.add_done_callback(_log_reload)
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
+        PID_FILE.parent.mkdir(parents=True, exist_ok=True)
+        PID_FILE.write_text(str(os.getpid()))
+        print(f"xiaobao is serving on http://{config.http.host}:{config.http.port}", flush=True)
+
+    async def on_cleanup(app: web.Application) -> None:
+        PID_FILE.unlink(missing_ok=True)
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    web.run_app(app, host=config.http.host, port=config.http.port, print=None,
+                access_log=None)
+    return 0
+
+
+def _log_reload(task: asyncio.Task[Any]) -> None:
+    error = task.exception()
+    if error is not None:
+        logging.getLogger("xiaobao").error("knowledge reload failed, keeping the old index: %s",
+                                           error)
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """Talk to the engine in the terminal."""
+    from bot.services import open_services
+    from handlers.terminal import run_chat
+
+    config = _config(args)
+    logging.basicConfig(level=logging.WARNING)
+
+    async def main() -> None:
+        services = await open_services(config)
+        try:
+            await run_chat(services.chat, args.user)
+        finally:
+            await services.engine.dispose()
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    """Apply every pending migration."""
+    from bot import db
+
+    config = _config(args)
+    db.upgrade_sync(config.database.url)
+    print("database is up to date")
+    return 0
+
+
+# -- one-shot question answering -----------------------------------------------------------
+def _read_lines() -> list[str]:
+    data = sys.stdin.buffer.read().decode("utf-8", errors="replace")
+    return data.splitlines()
+
+
+def _run_batch(
+    args: argparse.Namespace,
+    make_answer: Callable[[], Callable[[str], dict[str, Any]]],
+    field: str,
+) -> int:
+    """The shared shape of `ask`, `check-message` and `triage`: one text or --jsonl.
+
+    Input is validated before the (slow) model is built, so usage errors answer at once.
+    """
+    if args.jsonl:
+        if args.text:
+            raise UsageError("--jsonl reads stdin; give no text arguments")
+        lines = _read_lines()
+        answer = make_answer()
+        out = sys.stdout
+        for line in lines:
+            out.write(json.dumps(answer(line), ensure_ascii=False) + "\n")
+        out.flush()
+        return 0
+    text = " ".join(args.text or [])
+    if not text.strip():
+        raise UsageError(f"give the {field} to look at (or --jsonl with one per line on stdin)")
+    result = make_answer()(text)
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        print(args.render(result))
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    """Answer questions from the knowledge base, as every channel would."""
+    from bot.services import knowledge_source
+    from knowledge.answer import ask_result, render_ask
+    from knowledge.index import build_matcher
+
+    config = _config(args)
+    limit = config.chat.max_text_chars
+
+    def make_answer() -> Callable[[str], dict[str, Any]]:
+        matcher = build_matcher(knowledge_source(config))
+        return lambda text: ask_result(matcher, text[:limit])
+
+    args.render = render_ask
+    return _run_batch(args, make_answer, "question")
+
+
+# -- knowledge-base tools ------------------------------------------------------------------
+def cmd_kb_check(args: argparse.Namespace) -> int:
+    """Validate the knowledge base; print every problem as file:line."""
+    from bot.services import knowledge_source
+    from knowledge.base import KnowledgeError, coverage, load_knowledge
+
+    source = knowledge_source(_config(args))
+    try:
+        base = load_knowledge(source.data_dir, source.topics_file)
+    except KnowledgeError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(error.problems)} problem(s) in the knowledge base", file=sys.stderr)
+        return EXIT_USAGE
+    counts = coverage(base)
+    empty = [topic for topic, count in counts.items() if count == 0]
+    print(f"knowledge base OK: {len(base.entries)} entries, "
+          f"{sum(len(e.questions) for e in base.entries)} questions, "
+          f"{len(counts) - len(empty)}/{len(counts)} topics covered")
+    if empty:
+        print("topics without entries: " + ", ".join(empty))
+    return 0
+
+
+def cmd_kb_reload(args: argparse.Namespace) -> int:
+    """Check the base, then ask the running service (SIGHUP) to swap its index."""
+    if cmd_kb_check(args) != 0:
+        raise UsageError("knowledge base has problems; the running service keeps its index")
+    pid_file = Path(args.pid_file)
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError):
+        raise UsageError(f"no running service found (pid file {pid_file})") from None
+    print(f"reload requested from the service (pid {pid})")
+    return 0
+
+
+def cmd_kb_eval(args: argparse.Namespace) -> int:
+    """Accuracy and refusal figures of the matcher on a labelled question file."""
+    from bot.services import knowledge_source
+    from knowledge.evaluation import evaluate, read_eval_file, render_report
+    from knowledge.index import build_matcher
+
+    try:
+        items = read_eval_file(Path(args.file))
+    except (OSError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    matcher = build_matcher(knowledge_source(_config(args)))
+    report = evaluate(matcher, items)
+    print(json.dumps(report.as_dict(), ensure_ascii=False) if args.json
+          else render_report(report))
+    return 0
+
+
+def cmd_kb_unanswered(args: argparse.Namespace) -> int:
+    """The most frequent declined or low-score questions, for curators."""
+    from bot import db
+    from knowledge.curation import most_unanswered
+
+    config = _config(args)
+
+    async def main() -> list[dict[str, Any]]:
+        engine = db.create_engine(config.database.url)
+        try:
+            async with db.create_sessionmaker(engine)() as session:
+                return await most_unanswered(session, args.limit)
+        finally:
+            await engine.dispose()
+
+    rows = asyncio.run(main())
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False))
+        return 0
+    if not rows:
+        print("no unanswered questions recorded")
+    for row in rows:
+        print(f"{row['count']:>4}  {row['text']}  (best: {row['best'] or '-'})")
+    return 0
+
+
+# -- wiring --------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line grammar."""
+    parser = _Parser(prog="xiaobao", description="Financial consumer-protection chatbot")
+    parser.add_argument("--config", help="path of config.toml (default: ./config.toml)")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    commands.add_parser("serve", help="run the service").set_defaults(func=cmd_serve)
+    chat = commands.add_parser("chat", help="talk to the bot in the terminal")
+    chat.add_argument("--user", default="console", help="conversation id (state is kept)")
+    chat.set_defaults(func=cmd_chat)
+
+    def batch(name: str, help_text: str, func: Callable[[argparse.Namespace], int]) -> None:
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("text", nargs="*")
+        mode = sub.add_mutually_exclusive_group()
+        mode.add_argument("--json", action="store_true", help="one JSON object on stdout")
+        mode.add_argument("--jsonl", action="store_true", help="one input per stdin line")
+        sub.set_defaults(func=func)
+
+    batch("ask", "answer one question from the knowledge base", cmd_ask)
+
+    database = commands.add_parser("db", help="database tools")
+    db_commands = database.add_subparsers(dest="db_command", required=True, parser_class=_Parser)
+    db_commands.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)
+
+    kb = commands.add_parser("kb", help="knowledge-base tools")
+    kb_commands = kb.add_subparsers(dest="kb_command", required=True, parser_class=_Parser)
+    kb_commands.add_parser("check", help="validate the data files").set_defaults(
+        func=cmd_kb_check)
+    reload = kb_commands.add_parser("reload", help="reload the running service's index")
+    reload.add_argument("--pid-file", default=str(PID_FILE))
+    reload.set_defaults(func=cmd_kb_reload)
+    evaluate = kb_commands.add_parser("eval", help="measure the matcher on a labelled file")
+    evaluate.add_argument("file")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(func=cmd_kb_eval)
+    unanswered = kb_commands.add_parser("unanswered", help="most frequent unanswered questions")
+    unanswered.add_argument("--limit", type=int, default=30)
+    unanswered.add_argument("--json", action="store_true")
+    unanswered.set_defaults(func=cmd_kb_unanswered)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `xiaobao` console script."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return int(args.func(args))
+    except (UsageError, ConfigError) as error:
+        print(f"xiaobao: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as error:
+        from knowledge.base import KnowledgeError
+
+        if isinstance(error, KnowledgeError):
+            print(f"xiaobao: knowledge base: {error.problems[0]}", file=sys.stderr)
+            return EXIT_USAGE
+        logging.getLogger("xiaobao").debug("command failed", exc_info=True)
+        print(f"xiaobao: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Database engine creation and migrations.
+
+Operators write plain `sqlite:///path` or `postgresql://user@host/db` URLs; the service
+needs async drivers, SQLite tuned for a web service (WAL, a busy timeout) and a schema
+that Alembic keeps current.  All of that lives here so the rest of the code only ever
+sees an `AsyncEngine` and an `async_sessionmaker`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+SQLITE_BUSY_TIMEOUT_MS = 5000
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def async_url(url: str) -> URL:
+    """Translate an operator's database URL into one with an async driver."""
+    parsed = make_url(url.replace("postgres://", "postgresql://", 1))
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return parsed.set(drivername="sqlite+aiosqlite")
+    if backend == "postgresql":
+        return parsed.set(drivername="postgresql+asyncpg")
+    raise ValueError(f"unsupported database URL scheme: {parsed.drivername}")
+
+
+def _ensure_sqlite_folder(url: URL) -> None:
+    database = url.database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    """Every SQLite connection: WAL so readers never block the writer, and wait on locks."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def create_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncEngine:
+    """Create the service's async engine for an operator-supplied URL."""
+    target = async_url(url)
+    if target.get_backend_name() == "sqlite":
+        _ensure_sqlite_folder(target)
+        engine = create_async_engine(target, echo=echo)
+        event.listen(engine.sync_engine, "connect", _tune_sqlite)
+        return engine
+    return create_async_engine(
+        target, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+    )
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions that keep loaded objects usable after commit (no implicit reloads)."""
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def ping(engine: AsyncEngine) -> bool:
+    """True when the database answers a trivial query (used by /healthz)."""
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except Exception:
+        return False
+    return True
+
+
+def alembic_config(url: str) -> AlembicConfig:
+    """An Alembic configuration pointing at the packaged migrations and the given URL."""
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", async_url(url).render_as_string(hide_password=False))
+    return config
+
+
+def upgrade_sync(url: str, revision: str = "head") -> None:
+    """Apply migrations (blocking); creates the SQLite file and its folder if needed."""
+    target = async_url(url)
+    if target.get_backend_name() == "sqlite":
+        _ensure_sqlite_folder(target)
+    command.upgrade(alembic_config(url), revision)
+
+
+async def upgrade(url: str, revision: str = "head") -> None:
+    """Apply migrations from async code without blocking the event loop."""
+    await asyncio.to_thread(upgrade_sync, url, revision)

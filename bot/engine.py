@@ -1,0 +1,229 @@
+"""The conversation engine: one incoming message in, a list of replies out.
+
+Every channel calls `Engine.handle`; none of them knows about menus, dialogues or the
+knowledge base.  Each message loads the user's state from the database, is dispatched by
+button action or by intent, and saves the state in the same transaction, so a restart or
+another worker continues the conversation exactly where it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot import texts
+from bot.config import ChatConfig
+from bot.messages import Button, Incoming, Reply
+from bot.models import UnansweredQuestion
+from bot.privacy import redact
+from bot.state import load_state, save_state
+from classifiers.intent import Intent, detect_intent
+from knowledge.base import Entry
+from knowledge.index import KnowledgeIndex
+from knowledge.matcher import MatchResult
+
+log = logging.getLogger(__name__)
+
+MAX_BUTTON_LABEL = 30
+UNANSWERED_TEXT_CHARS = 500
+SUGGESTION_FLOOR = 0.12
+
+
+@dataclass
+class Turn:
+    """What one message may read and change: the session, the user's state, the input."""
+
+    session: AsyncSession
+    state: dict[str, Any]
+    incoming: Incoming
+
+
+Handler = Callable[[Turn], Awaitable[list[Reply]]]
+
+
+def _label(text: str) -> str:
+    return text if len(text) <= MAX_BUTTON_LABEL else text[: MAX_BUTTON_LABEL - 1] + "…"
+
+
+class Engine:
+    """Channel-agnostic dialogue logic; state lives in the database."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        knowledge: KnowledgeIndex,
+        chat: ChatConfig,
+    ) -> None:
+        self._sessions = sessions
+        self.knowledge = knowledge
+        self.chat = chat
+        self._actions: dict[str, Handler] = {
+            "start": self._greet,
+            "menu": self._menu,
+            "help": self._help,
+            "topics": self._topics,
+            "check": self._scam_check_unavailable,
+            "complaint": self._complaint_unavailable,
+            "status": self._status_unavailable,
+        }
+        self._prefixed: dict[str, Callable[[Turn, str], Awaitable[list[Reply]]]] = {
+            "kb": self._answer_entry,
+            "group": self._topic_group,
+            "topic": self._topic_entries,
+        }
+        self._intents: dict[Intent, Handler] = {
+            Intent.GREETING: self._greet,
+            Intent.MENU: self._menu,
+            Intent.HELP: self._help,
+            Intent.THANKS: self._thanks,
+            Intent.CANCEL: self._menu,
+            Intent.COMPLAINT: self._complaint_unavailable,
+            Intent.SCAM_CHECK: self._scam_check_unavailable,
+            Intent.STATUS: self._status_unavailable,
+            Intent.INJECTION: self._injection,
+            Intent.QUESTION: self._question,
+        }
+
+    async def handle(self, incoming: Incoming) -> list[Reply]:
+        """Answer one message or button press, persisting the user's state."""
+        async with self._sessions() as session, session.begin():
+            state = await load_state(session, incoming.channel, incoming.user_id)
+            turn = Turn(session=session, state=state, incoming=incoming)
+            replies = await self._dispatch(turn)
+            state["turns"] = int(state.get("turns", 0)) + 1
+            await save_state(session, incoming.channel, incoming.user_id, state)
+        return replies
+
+    async def _dispatch(self, turn: Turn) -> list[Reply]:
+        action = (turn.incoming.action or "").strip()
+        if action:
+            handler = self._actions.get(action)
+            if handler is not None:
+                return await handler(turn)
+            prefix, _, argument = action.partition(":")
+            prefixed = self._prefixed.get(prefix)
+            if prefixed is not None and argument:
+                return await prefixed(turn, argument)
+            return await self._menu(turn)
+        text = (turn.incoming.text or "").strip()
+        if not text:
+            return [Reply(texts.empty_message(), texts.MENU_BUTTONS)]
+        return await self._intents[detect_intent(text)](turn)
+
+    # -- menus -------------------------------------------------------------------------
+    async def _greet(self, turn: Turn) -> list[Reply]:
+        return [Reply(texts.greeting(self.chat.service_name), texts.MENU_BUTTONS)]
+
+    async def _menu(self, turn: Turn) -> list[Reply]:
+        return [Reply("请选择您需要的服务，或直接打字问我：", texts.MENU_BUTTONS)]
+
+    async def _help(self, turn: Turn) -> list[Reply]:
+        return [Reply(texts.help_text(self.chat.hotline), texts.MENU_BUTTONS)]
+
+    async def _thanks(self, turn: Turn) -> list[Reply]:
+        return [Reply(texts.thanks(), (texts.BACK_TO_MENU,))]
+
+    async def _injection(self, turn: Turn) -> list[Reply]:
+        return [Reply(texts.injection(self.chat.hotline), texts.MENU_BUTTONS)]
+
+    async def _topics(self, turn: Turn) -> list[Reply]:
+        buttons = tuple(Button(label, f"group:{key}") for key, label, _ in texts.TOPIC_GROUPS)
+        return [Reply(texts.topic_menu_intro(), (*buttons, texts.BACK_TO_MENU))]
+
+    async def _topic_group(self, turn: Turn, key: str) -> list[Reply]:
+        group = next((g for g in texts.TOPIC_GROUPS if g[0] == key), None)
+        if group is None:
+            return await self._topics(turn)
+        base = self.knowledge.matcher.base_
+        buttons = [
+            Button(_label(topic.zh), f"topic:{topic.id}")
+            for topic_id in group[2]
+            if (topic := base.topic(topic_id)) is not None and base.entries_of(topic_id)
+        ]
+        return [Reply(f"{group[1]}：", (*buttons, Button("返回上一级", "topics")))]
+
+    async def _topic_entries(self, turn: Turn, topic_id: str) -> list[Reply]:
+        base = self.knowledge.matcher.base_
+        topic = base.topic(topic_id)
+        entries = base.entries_of(topic_id)
+        if topic is None or not entries:
+            return await self._topics(turn)
+        buttons = [Button(_label(entry.title), f"kb:{entry.id}") for entry in entries]
+        return [Reply(f"关于“{topic.zh}”，您想了解：", (*buttons, Button("返回上一级", "topics")))]
+
+    # -- knowledge ---------------------------------------------------------------------
+    async def _answer_entry(self, turn: Turn, entry_id: str) -> list[Reply]:
+        entry = self.knowledge.matcher.base_.entry(entry_id)
+        if entry is None:
+            return await self._topics(turn)
+        return [self.render_entry(entry)]
+
+    def render_entry(self, entry: Entry) -> Reply:
+        """An entry as one message: answer, risk warning, next steps, sources."""
+        parts = [f"【{entry.title}】", entry.answer]
+        if entry.risk:
+            parts.append(f"⚠️ 风险提示：{entry.risk}")
+        if entry.next_steps:
+            steps = "\n".join(f"{i}. {step}" for i, step in enumerate(entry.next_steps, 1))
+            parts.append(f"您可以这样做：\n{steps}")
+        if entry.sources:
+            parts.append(f"依据：{'；'.join(entry.sources)}")
+        base = self.knowledge.matcher.base_
+        related = [base.entry(link) for link in entry.related[:3]]
+        buttons = tuple(
+            Button(_label(other.title), f"kb:{other.id}") for other in related if other
+        )
+        return Reply("\n\n".join(parts), (*buttons, texts.BACK_TO_MENU))
+
+    async def _question(self, turn: Turn) -> list[Reply]:
+        text = (turn.incoming.text or "").strip()
+        result = self.knowledge.matcher.match(text)
+        turn.state["last_topic"] = result.best.entry.topic if result.answered else None
+        if result.entry is not None:
+            return [self.render_entry(result.entry)]
+        await self._record_unanswered(turn.session, result)
+        suggestions = tuple(
+            Button(_label(c.entry.title), f"kb:{c.entry.id}")
+            for c in result.candidates
+            if c.similarity >= SUGGESTION_FLOOR
+        )
+        if not suggestions:
+            return [Reply(texts.out_of_scope(self.chat.hotline),
+                          (Button("看看能问哪些问题", "topics"), texts.BACK_TO_MENU))]
+        return [
+            Reply(texts.not_sure(self.chat.hotline)),
+            Reply(texts.suggestion_intro(),
+                  (*suggestions, Button("按类别查找", "topics"), texts.BACK_TO_MENU)),
+        ]
+
+    async def _record_unanswered(self, session: AsyncSession, result: MatchResult) -> None:
+        """Keep the question (personal numbers masked) for knowledge curators."""
+        text = redact(result.query.strip())[:UNANSWERED_TEXT_CHARS]
+        processor = self.knowledge.matcher.processor
+        session.add(
+            UnansweredQuestion(
+                text=text,
+                normalized=processor.content(processor.normalize(text))[:200],
+                score=result.confidence,
+                candidates=[
+                    {"entry_id": c.entry.id, "similarity": round(c.similarity, 4)}
+                    for c in result.candidates
+                ],
+            )
+        )
+
+    # -- features delivered by later work ----------------------------------------------
+    async def _scam_check_unavailable(self, turn: Turn) -> list[Reply]:
+        return [Reply(texts.not_available("帮我看看是不是诈骗", self.chat.hotline),
+                      (Button("防诈骗知识", "group:fraud"), texts.BACK_TO_MENU))]
+
+    async def _complaint_unavailable(self, turn: Turn) -> list[Reply]:
+        return [Reply(texts.not_available("在线投诉", self.chat.hotline),
+                      (Button("投诉渠道和流程", "topic:complaint-process"), texts.BACK_TO_MENU))]
+
+    async def _status_unavailable(self, turn: Turn) -> list[Reply]:
+        return [Reply(texts.not_available("查投诉进度", self.chat.hotline), (texts.BACK_TO_MENU,))]

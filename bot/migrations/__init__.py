@@ -1,0 +1,1 @@
+"""Alembic migrations of the xiaobao schema (run by `xiaobao db upgrade`)."""

@@ -1,0 +1,65 @@
+"""The long-lived objects every channel shares, and how they are opened.
+
+Database engine, migrations, knowledge index and the conversation engine are built here in
+order; `bot.app` mounts channels on top and the command line reuses the same pieces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from bot import db
+from bot.config import Config
+from bot.engine import Engine
+from knowledge.base import DEFAULT_DATA_DIR
+from knowledge.index import KnowledgeIndex, KnowledgeSource
+from knowledge.text import DEFAULT_LEXICON_DIR
+
+
+@dataclass
+class Services:
+    """The long-lived objects every channel shares."""
+
+    config: Config
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    knowledge: KnowledgeIndex
+    chat: Engine
+
+
+SERVICES = web.AppKey("services", Services)
+
+
+def knowledge_source(config: Config) -> KnowledgeSource:
+    """Where the knowledge index comes from, per configuration."""
+    knowledge = config.knowledge
+    return KnowledgeSource(
+        data_dir=Path(knowledge.data_dir) if knowledge.data_dir else DEFAULT_DATA_DIR,
+        lexicon_dir=Path(knowledge.lexicon_dir) if knowledge.lexicon_dir else DEFAULT_LEXICON_DIR,
+        threshold=knowledge.answer_threshold,
+        suggestions=knowledge.suggestion_count,
+    )
+
+
+async def open_services(config: Config, knowledge: KnowledgeIndex | None = None) -> Services:
+    """Connect to the database (migrating it if allowed) and build the engine."""
+    if config.database.auto_migrate:
+        await db.upgrade(config.database.url)
+    engine = db.create_engine(
+        config.database.url, pool_size=config.database.pool_size, echo=config.database.echo
+    )
+    sessions = db.create_sessionmaker(engine)
+    if knowledge is None:
+        knowledge = await asyncio.to_thread(KnowledgeIndex.build, knowledge_source(config))
+    return Services(
+        config=config,
+        engine=engine,
+        sessions=sessions,
+        knowledge=knowledge,
+        chat=Engine(sessions, knowledge, config.chat),
+    )

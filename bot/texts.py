@@ -1,0 +1,120 @@
+"""Consumer-facing wording, in one place so it can be reviewed for tone.
+
+Many users are elderly: sentences are short, warm and plain, and every dead end names a
+person to call.
+"""
+
+from __future__ import annotations
+
+from bot.messages import Button
+
+MENU_BUTTONS = (
+    Button("问一问金融知识", "topics"),
+    Button("帮我看看是不是诈骗", "check"),
+    Button("我要投诉", "complaint"),
+    Button("查投诉进度", "status"),
+    Button("使用帮助", "help"),
+)
+BACK_TO_MENU = Button("回主菜单", "menu")
+
+# The topic menu, grouped so no screen shows more than a handful of buttons.
+TOPIC_GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("fraud", "防诈骗、防非法集资", (
+        "telecom-fraud", "illegal-fundraising", "investment-scam", "card-fraud",
+        "illegal-lending", "loan-intermediary", "illegal-financial-ads",
+    )),
+    ("black", "代理退保、征信修复等黑产", (
+        "agent-surrender", "credit-repair-scam", "flying-orders", "excessive-service",
+        "vehicle-pooling", "insurance-fraud",
+    )),
+    ("rights", "我的八项权利", (
+        "consumer-rights", "right-property-safety", "right-to-know", "right-of-choice",
+        "right-fair-trade", "right-to-compensation", "right-to-education", "right-to-respect",
+        "right-info-security",
+    )),
+    ("products", "保险、理财与养老", (
+        "car-insurance", "insurance-claims", "insurance-surrender", "pension-insurance",
+        "wealth-management",
+    )),
+    ("people", "投诉办理与一老一少、新市民", (
+        "complaint-process", "elderly-finance", "student-finance", "new-citizen-services",
+    )),
+)
+
+
+def greeting(service_name: str) -> str:
+    """The first thing a new user reads."""
+    return (
+        f"您好！我是{service_name}。\n"
+        "我可以：解答银行、保险方面的疑问；帮您看看收到的短信、电话是不是诈骗；"
+        "帮您向银行或保险公司投诉，并查询处理进度。\n"
+        "您可以直接打字问我，也可以点下面的按钮。"
+    )
+
+
+def help_text(hotline: str) -> str:
+    """How to use the bot, in plain words."""
+    return (
+        "使用方法很简单：\n"
+        "1. 直接打字提问，比如“有人让我把钱转到安全账户”“退保黑产是什么”。\n"
+        "2. 收到可疑短信，点“帮我看看是不是诈骗”，再把短信内容发给我。\n"
+        "3. 想投诉银行或保险公司，点“我要投诉”，我会一步一步问您。\n"
+        "4. 随时发“菜单”回到主菜单。\n"
+        f"我是自动回复的小助手，拿不准的时候请拨打{hotline}银行保险消费者投诉维权热线；"
+        "遇到诈骗请立即拨打110或96110。"
+    )
+
+
+def not_sure(hotline: str) -> str:
+    """What the bot says instead of guessing."""
+    return (
+        "这个问题我不太有把握，怕答错了耽误您。\n"
+        "您可以换个说法再问我，或者看看下面是不是您想问的。\n"
+        f"也可以拨打{hotline}银行保险消费者投诉维权热线咨询；"
+        "如果遇到了诈骗，请马上拨打110或96110。"
+    )
+
+
+def out_of_scope(hotline: str) -> str:
+    """For messages that are not about banking, insurance or fraud."""
+    return (
+        "抱歉，我只会回答银行、保险、防诈骗和金融消费者权益方面的问题。\n"
+        f"您可以点下面的菜单看看，或拨打{hotline}银行保险消费者投诉维权热线。"
+    )
+
+
+def empty_message() -> str:
+    """For an empty or unreadable message."""
+    return "我没有看到文字内容。请直接打字告诉我您想问什么，或者点下面的按钮。"
+
+
+def thanks() -> str:
+    """Reply to thanks."""
+    return "不客气！还有别的问题随时问我。遇到可疑情况，先停一停、问一问，再转账。"
+
+
+def not_available(feature: str, hotline: str) -> str:
+    """Honest note about a feature this deployment does not offer yet."""
+    return (
+        f"“{feature}”功能还在建设中，暂时不能在这里办理，非常抱歉。\n"
+        f"您可以先拨打{hotline}银行保险消费者投诉维权热线，或直接联系银行、保险公司的官方客服；"
+        "遇到诈骗请马上拨打110或96110。"
+    )
+
+
+def injection(hotline: str) -> str:
+    """For attempts to make the bot leave its role."""
+    return (
+        "我是金融消费者权益保护小助手，只能回答银行、保险和防诈骗方面的问题。\n"
+        f"需要人工帮助请拨打{hotline}。"
+    )
+
+
+def suggestion_intro() -> str:
+    """Heading above "did you mean" buttons."""
+    return "您是不是想问："
+
+
+def topic_menu_intro() -> str:
+    """Heading of the topic menu."""
+    return "请选择您想了解的方面："

@@ -1,0 +1,134 @@
+"""Turning consumers' raw Chinese into comparable tokens.
+
+People type Traditional characters, full-width digits, emoji, abbreviations (工行) and scam
+slang (退保黑产).  Everything is normalised the same way for the knowledge base and for
+the query: NFKC, Traditional → Simplified, lower case, synonyms mapped to one canonical
+term, then jieba words (with a domain dictionary) and character n-grams.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jieba
+import opencc
+import yaml
+
+DEFAULT_LEXICON_DIR = Path(__file__).parent / "lexicon"
+CHAR_NGRAMS = (1, 3)
+
+# Function words and chat filler that say nothing about the topic.
+STOPWORDS = frozenset(
+    (
+        "的 了 吗 呢 吧 啊 呀 哦 嗯 么 嘛 啦 哈 着 过 得 地 和 与 及 "
+        "或 跟 同 把 被 让 给 对 向 从 在 于 是 有 没 没有 不 也 都 还 "
+        "就 才 又 再 很 太 挺 真 最 更 这 那 这个 那个 这样 那样 这种 "
+        "那种 一个 一下 一些 我 你 您 他 她 它 我们 你们 他们 她们 自己 咱 "
+        "咱们 人家 请问 请 问 想 想问 问下 问一下 一问 知道 告诉 帮 帮忙 下 "
+        "个 些 点 里 上 吗? 啥 什么 怎么 怎样 怎么样 如何 为什么 为啥 咋 "
+        "咋办 能 能不能 可以 可不可以 会 会不会 要 需要 应该 该 是不是 有没有 "
+        "现在 今天 已经 刚 刚才 然后 所以 因为 但是 可是 如果 的话 就是 还是 "
+        "而且 并且 老 好 好的 谢谢 麻烦 一 二 两 几 多 多少 "
+    ).split()
+)
+_SPACE = re.compile(r"\s+")
+_KEEP = re.compile(r"[0-9a-z\u4e00-\u9fff]+")
+
+
+def _traditional_chars() -> frozenset[str]:
+    """Characters that OpenCC would change: convert only texts that contain one."""
+    dictionary = Path(opencc.__file__).parent / "dictionary" / "TSCharacters.txt"
+    chars: set[str] = set()
+    for line in dictionary.read_text(encoding="utf-8").splitlines():
+        parts = line.split("\t")
+        if len(parts) == 2 and parts[0] not in parts[1].split():
+            chars.add(parts[0])
+    return frozenset(chars)
+
+
+@dataclass
+class Lexicon:
+    """Domain terms for jieba and the synonym map, read from `knowledge/lexicon/`."""
+
+    terms: dict[str, int] = field(default_factory=dict)
+    synonyms: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, directory: Path = DEFAULT_LEXICON_DIR) -> Lexicon:
+        """Read `terms.txt` (jieba user-dictionary format) and `synonyms.yaml`."""
+        terms: dict[str, int] = {}
+        terms_file = directory / "terms.txt"
+        if terms_file.exists():
+            for line in terms_file.read_text(encoding="utf-8").splitlines():
+                parts = line.split()
+                if not parts or parts[0].startswith("#"):
+                    continue
+                freq = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 2000
+                terms[parts[0].lower()] = freq
+        synonyms: dict[str, str] = {}
+        synonyms_file = directory / "synonyms.yaml"
+        if synonyms_file.exists():
+            groups = yaml.safe_load(synonyms_file.read_text(encoding="utf-8")) or {}
+            for canonical, variants in groups.items():
+                for variant in variants or ():
+                    variant = str(variant).lower()
+                    if variant and variant != str(canonical).lower():
+                        synonyms[variant] = str(canonical).lower()
+        return cls(terms=terms, synonyms=synonyms)
+
+
+class TextProcessor:
+    """Normalises and tokenises text; built once, then only read (safe to share)."""
+
+    def __init__(self, lexicon: Lexicon) -> None:
+        logging.getLogger("jieba").setLevel(logging.WARNING)
+        self.lexicon = lexicon
+        self._converter = opencc.OpenCC("t2s")
+        self._traditional = _traditional_chars()
+        self._tokenizer = jieba.Tokenizer()
+        self._tokenizer.initialize()
+        for term, freq in lexicon.terms.items():
+            self._tokenizer.add_word(term, freq)
+        for canonical in set(lexicon.synonyms.values()):
+            self._tokenizer.add_word(canonical, lexicon.terms.get(canonical, 2000))
+        variants = sorted(lexicon.synonyms, key=len, reverse=True)
+        self._synonym_pattern = (
+            re.compile("|".join(re.escape(v) for v in variants)) if variants else None
+        )
+        self.keywords = frozenset(lexicon.terms) | frozenset(lexicon.synonyms.values())
+
+    def normalize(self, text: str) -> str:
+        """NFKC, Simplified, lower case, single spaces, synonyms made canonical."""
+        text = unicodedata.normalize("NFKC", text).lower()
+        if any(ch in self._traditional for ch in text):
+            text = self._converter.convert(text)
+        text = _SPACE.sub(" ", text).strip()
+        if self._synonym_pattern is not None:
+            text = self._synonym_pattern.sub(lambda m: self.lexicon.synonyms[m.group(0)], text)
+        return text
+
+    def words(self, normalized: str) -> list[str]:
+        """Content words of a normalised text (jieba, no HMM guessing, no stopwords)."""
+        return [
+            token
+            for chunk in _KEEP.findall(normalized)
+            for token in self._tokenizer.lcut(chunk, HMM=False)
+            if token not in STOPWORDS
+        ]
+
+    def char_ngrams(self, normalized: str) -> list[str]:
+        """Character n-grams inside runs of letters, digits and Chinese characters."""
+        grams: list[str] = []
+        low, high = CHAR_NGRAMS
+        for chunk in _KEEP.findall(normalized):
+            for size in range(low, high + 1):
+                grams.extend(chunk[i : i + size] for i in range(len(chunk) - size + 1))
+        return grams
+
+    def content(self, normalized: str) -> str:
+        """Only the letters, digits and Chinese characters of a text (empty for emoji)."""
+        return "".join(_KEEP.findall(normalized))

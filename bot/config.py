@@ -65,6 +65,7 @@ class KnowledgeConfig:
 
     data_dir: str = ""
     lexicon_dir: str = ""
+    cache_dir: str = "var/cache"
     answer_threshold: float = 0.5
     suggestion_count: int = 3
 

@@ -43,6 +43,7 @@ def knowledge_source(config: Config) -> KnowledgeSource:
         lexicon_dir=Path(knowledge.lexicon_dir) if knowledge.lexicon_dir else DEFAULT_LEXICON_DIR,
         threshold=knowledge.answer_threshold,
         suggestions=knowledge.suggestion_count,
+        cache_dir=Path(knowledge.cache_dir) if knowledge.cache_dir else None,
     )
 
 

@@ -26,6 +26,9 @@ REQUIRED_KEYS = ("id", "topic", "title", "questions", "answer", "next_steps", "s
 OPTIONAL_KEYS = ("risk", "audience", "related")
 
 
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 class KnowledgeError(ValueError):
     """The knowledge base has problems; `problems` lists them as `file:line: message`."""
 
@@ -155,8 +158,8 @@ def _read_file(path: Path, problems: list[str]) -> list[Entry]:
     """Parse one data file, keeping each entry's line for error messages."""
     text = path.read_text(encoding="utf-8")
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=_LOADER)
+        data = yaml.load(text, Loader=_LOADER)  # _LOADER is a safe loader
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from knowledge import cache
 from knowledge.base import DEFAULT_DATA_DIR, DEFAULT_TOPICS_FILE, load_knowledge
 from knowledge.matcher import Matcher
 from knowledge.text import DEFAULT_LEXICON_DIR, Lexicon, TextProcessor
@@ -29,6 +30,7 @@ class KnowledgeSource:
     topics_file: Path = DEFAULT_TOPICS_FILE
     threshold: float = 0.5
     suggestions: int = 3
+    cache_dir: Path | None = None
 
 
 def read_out_of_scope(lexicon_dir: Path) -> list[str]:
@@ -40,12 +42,28 @@ def read_out_of_scope(lexicon_dir: Path) -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 
-def build_matcher(source: KnowledgeSource, processor: TextProcessor | None = None) -> Matcher:
-    """Load, check and index the base (blocking; raises KnowledgeError on bad data)."""
+def fit_matcher(source: KnowledgeSource) -> Matcher:
+    """Load, check and index the base from scratch (blocking; raises KnowledgeError)."""
     base = load_knowledge(source.data_dir, source.topics_file)
-    processor = processor or TextProcessor(Lexicon.load(source.lexicon_dir))
+    lexicon = Lexicon.load(source.lexicon_dir)
+    corpus = [text for entry in base.entries for text in (entry.title, *entry.questions)]
+    processor = TextProcessor.for_corpus(lexicon, corpus)
     matcher = Matcher(processor, threshold=source.threshold, suggestions=source.suggestions)
     return matcher.fit(base, read_out_of_scope(source.lexicon_dir))
+
+
+def build_matcher(source: KnowledgeSource) -> Matcher:
+    """The fitted matcher for this source, from the cache when its inputs are unchanged."""
+    if source.cache_dir is None:
+        return fit_matcher(source)
+    key = cache.fingerprint((source.data_dir, source.lexicon_dir, source.topics_file))
+    matcher = cache.load(source.cache_dir, key)
+    if isinstance(matcher, Matcher):
+        matcher.threshold, matcher.suggestions = source.threshold, source.suggestions
+        return matcher
+    matcher = fit_matcher(source)
+    cache.store(source.cache_dir, key, matcher)
+    return matcher
 
 
 class KnowledgeIndex:

@@ -6,7 +6,8 @@ the bot declines and offers suggestions.
 
 How it works: every question phrasing of every entry is a row of two TF-IDF matrices
 (jieba words with the domain dictionary, and character 1–3-grams), fitted once with
-scikit-learn.  Queries are *not* vectorised with `transform` (about 1 ms of per-call
+scikit-learn (imported only when fitting, so a cached index starts fast).  Queries are
+*not* vectorised with `transform` (about 1 ms of per-call
 overhead); instead the fitted vocabulary, idf and an inverted index (term → rows,
 weights) score a query in tens of microseconds with `numpy.bincount`.  An entry's
 similarity is the best of its rows plus a small boost for shared domain keywords.  A
@@ -23,8 +24,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
 
 from knowledge.base import Entry, KnowledgeBase
 from knowledge.text import TextProcessor
@@ -67,6 +66,8 @@ class _InvertedTfidf:
     """A fitted TF-IDF space that scores queries by cosine without `transform`."""
 
     def __init__(self, documents: list[list[str]]) -> None:
+        from sklearn.feature_extraction.text import TfidfVectorizer  # only needed to fit
+
         vectorizer = TfidfVectorizer(
             analyzer=_identity, lowercase=False, sublinear_tf=True, token_pattern=None
         )
@@ -159,6 +160,8 @@ class Matcher:
             scores, feats = self._score(self.processor.normalize(text))
             features.append(feats(int(np.argmax(scores))))
             labels.append(0)
+        from sklearn.linear_model import LogisticRegression  # only needed to fit
+
         model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=1000)
         model.fit(np.asarray(features), np.asarray(labels))
         self.calibration_coef_ = model.coef_[0].copy()

@@ -8,11 +8,14 @@ term, then jieba words (with a domain dictionary) and character n-grams.
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import jieba
 import opencc
@@ -20,6 +23,7 @@ import yaml
 
 DEFAULT_LEXICON_DIR = Path(__file__).parent / "lexicon"
 CHAR_NGRAMS = (1, 3)
+MAX_WORD_CHARS = 8
 
 # Function words and chat filler that say nothing about the topic.
 STOPWORDS = frozenset(
@@ -81,25 +85,76 @@ class Lexicon:
         return cls(terms=terms, synonyms=synonyms)
 
 
-class TextProcessor:
-    """Normalises and tokenises text; built once, then only read (safe to share)."""
+def corpus_vocabulary(lexicon: Lexicon, normalized_texts: Iterable[str]) -> dict[str, int]:
+    """The segmentation dictionary for a corpus: jieba's words that occur in it, plus ours.
 
-    def __init__(self, lexicon: Lexicon) -> None:
+    Only words of the indexed corpus can ever score, so a dictionary restricted to them
+    segments queries around the words that matter ("存款利率" becomes 存款 + 利率 when only
+    those occur in the base) and loads in milliseconds instead of jieba's 1.5 s.
+    """
+    substrings: set[str] = set()
+    for text in normalized_texts:
+        for chunk in _KEEP.findall(text):
+            for size in range(1, MAX_WORD_CHARS + 1):
+                substrings.update(chunk[i : i + size] for i in range(len(chunk) - size + 1))
+    vocabulary: dict[str, int] = {}
+    main_dictionary = Path(jieba.__file__).parent / jieba.DEFAULT_DICT_NAME
+    with main_dictionary.open(encoding="utf-8") as lines:
+        for line in lines:
+            word, freq, *_ = line.split(" ")
+            if word in substrings:
+                vocabulary[word] = int(freq)
+    for term, freq in lexicon.terms.items():
+        vocabulary[term] = max(freq, vocabulary.get(term, 0))
+    for canonical in set(lexicon.synonyms.values()):
+        vocabulary.setdefault(canonical, 2000)
+    return vocabulary
+
+
+class TextProcessor:
+    """Normalises and tokenises text; built once, then only read (safe to share).
+
+    `vocabulary` is jieba's segmentation dictionary (word -> frequency); the processor
+    pickles as its lexicon and vocabulary, so a cached index restores without jieba's
+    own start-up cost.
+    """
+
+    def __init__(self, lexicon: Lexicon, vocabulary: dict[str, int] | None = None) -> None:
         logging.getLogger("jieba").setLevel(logging.WARNING)
         self.lexicon = lexicon
+        self.vocabulary = dict(vocabulary) if vocabulary is not None else None
         self._converter = opencc.OpenCC("t2s")
         self._traditional = _traditional_chars()
         self._tokenizer = jieba.Tokenizer()
-        self._tokenizer.initialize()
-        for term, freq in lexicon.terms.items():
-            self._tokenizer.add_word(term, freq)
-        for canonical in set(lexicon.synonyms.values()):
-            self._tokenizer.add_word(canonical, lexicon.terms.get(canonical, 2000))
+        if self.vocabulary is None:
+            self._tokenizer.initialize()
+            for term, freq in lexicon.terms.items():
+                self._tokenizer.add_word(term, freq)
+            for canonical in set(lexicon.synonyms.values()):
+                self._tokenizer.add_word(canonical, lexicon.terms.get(canonical, 2000))
+        else:
+            listing = "".join(f"{w} {f}\n" for w, f in self.vocabulary.items() if " " not in w)
+            freq, total = self._tokenizer.gen_pfdict(io.BytesIO(listing.encode("utf-8")))
+            self._tokenizer.FREQ, self._tokenizer.total = freq, total
+            self._tokenizer.initialized = True
         variants = sorted(lexicon.synonyms, key=len, reverse=True)
         self._synonym_pattern = (
             re.compile("|".join(re.escape(v) for v in variants)) if variants else None
         )
         self.keywords = frozenset(lexicon.terms) | frozenset(lexicon.synonyms.values())
+
+    @classmethod
+    def for_corpus(cls, lexicon: Lexicon, texts: Iterable[str]) -> TextProcessor:
+        """A processor whose segmentation dictionary is fitted to these texts."""
+        plain = cls(lexicon, vocabulary={})
+        normalized = [plain.normalize(text) for text in texts]
+        return cls(lexicon, corpus_vocabulary(lexicon, normalized))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"lexicon": self.lexicon, "vocabulary": self.vocabulary}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["lexicon"], state["vocabulary"])  # type: ignore[misc]
 
     def normalize(self, text: str) -> str:
         """NFKC, Simplified, lower case, single spaces, synonyms made canonical."""

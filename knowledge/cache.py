@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
-CODE_FILES = ("base.py", "matcher.py", "text.py", "index.py")
+CODE_FILES = ("base.py", "matcher.py", "text.py", "index.py", "../classifiers/linear.py")
 
 
 def fingerprint(inputs: Iterable[Path]) -> str:

@@ -9,6 +9,7 @@ previous one and the error names the file and line.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,19 @@ def read_out_of_scope(lexicon_dir: Path) -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 
+def read_calibration(lexicon_dir: Path) -> list[tuple[str, str | None]]:
+    """Realistic labelled queries (topic or None) on which the confidence is fitted."""
+    path = lexicon_dir / "calibration.jsonl"
+    if not path.exists():
+        return []
+    items = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            record = json.loads(line)
+            items.append((str(record["text"]), record.get("topic")))
+    return items
+
+
 def fit_matcher(source: KnowledgeSource) -> Matcher:
     """Load, check and index the base from scratch (blocking; raises KnowledgeError)."""
     base = load_knowledge(source.data_dir, source.topics_file)
@@ -49,7 +63,9 @@ def fit_matcher(source: KnowledgeSource) -> Matcher:
     corpus = [text for entry in base.entries for text in (entry.title, *entry.questions)]
     processor = TextProcessor.for_corpus(lexicon, corpus)
     matcher = Matcher(processor, threshold=source.threshold, suggestions=source.suggestions)
-    return matcher.fit(base, read_out_of_scope(source.lexicon_dir))
+    return matcher.fit(
+        base, read_out_of_scope(source.lexicon_dir), read_calibration(source.lexicon_dir)
+    )
 
 
 def build_matcher(source: KnowledgeSource) -> Matcher:

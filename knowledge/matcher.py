@@ -19,19 +19,33 @@ leave-one-out matches of the base's own questions and on out-of-scope messages.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from classifiers.linear import LinearTextClassifier, term_frequencies
 from knowledge.base import Entry, KnowledgeBase
-from knowledge.text import TextProcessor
+from knowledge.text import CHAR_NGRAMS, TextProcessor
 
-WORD_WEIGHT = 0.55
-CHAR_WEIGHT = 0.45
-KEYWORD_BOOST = 0.06
-KEYWORD_BOOST_CAP = 0.18
+
+@dataclass(frozen=True)
+class ScoringWeights:
+    """How the similarity signals add up to an entry's score (tuned on the dev set).
+
+    `word`/`char`: best single phrasing, by words and by character n-grams;
+    `entry`/`topic`: all phrasings of the entry / of its topic taken as one document,
+    which helps long, rambling questions that echo several phrasings at once;
+    `keyword`: per shared domain-dictionary term, capped at `keyword_cap`.
+    """
+
+    word: float = 0.4
+    char: float = 0.6
+    entry: float = 0.9
+    topic: float = 1.2
+    keyword: float = 0.1
+    keyword_cap: float = 0.3
+
 
 
 @dataclass(frozen=True)
@@ -63,17 +77,24 @@ class MatchResult:
 
 
 class _InvertedTfidf:
-    """A fitted TF-IDF space that scores queries by cosine without `transform`."""
+    """A fitted TF-IDF space that scores queries by cosine without `transform`.
 
-    def __init__(self, documents: list[list[str]]) -> None:
+    Spaces built with the same `vocabulary` share term columns, so a query's terms are
+    counted once and scored in several spaces (phrasings, entries, topics).
+    """
+
+    def __init__(
+        self, documents: list[list[str]], vocabulary: dict[str, int] | None = None
+    ) -> None:
         from sklearn.feature_extraction.text import TfidfVectorizer  # only needed to fit
 
         vectorizer = TfidfVectorizer(
-            analyzer=_identity, lowercase=False, sublinear_tf=True, token_pattern=None
+            analyzer=_identity, lowercase=False, sublinear_tf=True, token_pattern=None,
+            vocabulary=vocabulary,
         )
         matrix = vectorizer.fit_transform(documents).tocsc()
         self.n_rows = matrix.shape[0]
-        self.vocabulary: dict[str, int] = vectorizer.vocabulary_
+        self.vocabulary: dict[str, int] = dict(vectorizer.vocabulary_)
         self.idf: np.ndarray = vectorizer.idf_
         self._indptr = matrix.indptr
         self._rows = matrix.indices
@@ -81,24 +102,23 @@ class _InvertedTfidf:
 
     def score(self, tokens: Sequence[str]) -> tuple[np.ndarray, float]:
         """Cosine of the query with every row, and the share of tokens the space knows."""
-        if not tokens:
-            return np.zeros(self.n_rows), 0.0
-        counts = Counter(tokens)
-        known = [(self.vocabulary[t], c) for t, c in counts.items() if t in self.vocabulary]
-        coverage = sum(c for _, c in known) / len(tokens)
-        if not known:
-            return np.zeros(self.n_rows), 0.0
-        columns = np.fromiter((j for j, _ in known), dtype=np.int64, count=len(known))
-        weights = np.fromiter(
-            ((1.0 + math.log(c)) for _, c in known), dtype=np.float64, count=len(known)
-        ) * self.idf[columns]
-        weights /= np.linalg.norm(weights)
+        columns, tf, coverage = term_frequencies(tokens, self.vocabulary)
+        return self.score_terms(columns, tf), coverage
+
+    def score_terms(self, columns: np.ndarray, tf: np.ndarray) -> np.ndarray:
+        """Cosine with every row for a query given as (columns, sublinear tf)."""
+        if not len(columns):
+            return np.zeros(self.n_rows)
+        weights = tf * self.idf[columns]
+        weights /= np.sqrt(weights @ weights)
         starts, ends = self._indptr[columns], self._indptr[columns + 1]
-        rows = np.concatenate([self._rows[s:e] for s, e in zip(starts, ends, strict=True)])
-        values = np.concatenate(
-            [self._weights[s:e] * w for s, e, w in zip(starts, ends, weights, strict=True)]
+        lengths = ends - starts
+        # Gather every posting of the query's terms in one vectorised step.
+        positions = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(
+            lengths.sum()
         )
-        return np.bincount(rows, weights=values, minlength=self.n_rows), coverage
+        values = self._weights[positions] * np.repeat(weights, lengths)
+        return np.bincount(self._rows[positions], weights=values, minlength=self.n_rows)
 
 
 def _identity(tokens: list[str]) -> list[str]:
@@ -109,15 +129,31 @@ class Matcher:
     """Fitted once from a knowledge base; `match` only reads what `fit` built."""
 
     def __init__(
-        self, processor: TextProcessor, threshold: float = 0.5, suggestions: int = 3
+        self,
+        processor: TextProcessor,
+        threshold: float = 0.5,
+        suggestions: int = 3,
+        weights: ScoringWeights | None = None,
     ) -> None:
         self.processor = processor
         self.threshold = threshold
         self.suggestions = suggestions
+        self.weights = weights or ScoringWeights()
 
     # -- fitting -----------------------------------------------------------------------
-    def fit(self, base: KnowledgeBase, out_of_scope: Sequence[str] = ()) -> Matcher:
-        """Index every phrasing of every entry and calibrate the confidence."""
+    def fit(
+        self,
+        base: KnowledgeBase,
+        out_of_scope: Sequence[str] = (),
+        calibration: Sequence[tuple[str, str | None]] = (),
+    ) -> Matcher:
+        """Index every phrasing of every entry and calibrate the confidence.
+
+        `out_of_scope` messages teach the domain gate what the bot must decline;
+        `calibration` holds realistic labelled queries (topic id, or None for out of
+        scope) on which the confidence is fitted.  Without them, leave-one-out matches of
+        the base's own questions stand in (these overrate long, rambling questions).
+        """
         self.base_ = base
         self.entries_ = base.entries
         rows: list[str] = []
@@ -130,10 +166,19 @@ class Matcher:
         self.entry_starts_ = np.flatnonzero(np.r_[True, np.diff(self.row_entry_) != 0])
         topic_ids = {topic: i for i, topic in enumerate(sorted({e.topic for e in self.entries_}))}
         self.entry_topic_ = np.asarray([topic_ids[e.topic] for e in self.entries_], dtype=np.int64)
-        self.words_ = _InvertedTfidf([self.processor.words(r) for r in rows])
+        row_words = [self.processor.words(r) for r in rows]
+        self.words_ = _InvertedTfidf(row_words)
         self.chars_ = _InvertedTfidf([self.processor.char_ngrams(r) for r in rows])
+        entry_docs: list[list[str]] = [[] for _ in self.entries_]
+        topic_docs: list[list[str]] = [[] for _ in topic_ids]
+        for row_index, tokens in enumerate(row_words):
+            entry_docs[self.row_entry_[row_index]].extend(tokens)
+            topic_docs[self.entry_topic_[self.row_entry_[row_index]]].extend(tokens)
+        self.entry_docs_ = _InvertedTfidf(entry_docs, self.words_.vocabulary)
+        self.topic_docs_ = _InvertedTfidf(topic_docs, self.words_.vocabulary)
         self._fit_keywords()
-        self._fit_calibration(rows, out_of_scope)
+        self._fit_gate(rows, [self.processor.normalize(t) for t in out_of_scope])
+        self._fit_calibration(rows, out_of_scope, calibration)
         return self
 
     def _fit_keywords(self) -> None:
@@ -147,22 +192,52 @@ class Matcher:
             word: np.asarray(ids, dtype=np.int64) for word, ids in postings.items()
         }
 
-    def _fit_calibration(self, rows: list[str], out_of_scope: Sequence[str]) -> None:
-        features: list[list[float]] = []
-        labels: list[int] = []
-        for row_index, normalized in enumerate(rows):
-            truth = self.entries_[self.row_entry_[row_index]].topic
-            scores, feats = self._score(normalized, exclude_row=row_index)
-            best = int(np.argmax(scores))
-            features.append(feats(best))
-            labels.append(int(self.entries_[best].topic == truth))
-        for text in out_of_scope:
-            scores, feats = self._score(self.processor.normalize(text))
-            features.append(feats(int(np.argmax(scores))))
-            labels.append(0)
+    def _fit_gate(self, rows: list[str], out_of_scope: list[str]) -> None:
+        """A character model of "is this about our domain at all?" (None without examples)."""
+        self.gate_: LinearTextClassifier | None = None
+        if out_of_scope:
+            self.gate_ = LinearTextClassifier(
+                ngram_range=CHAR_NGRAMS, c=4.0, vocabulary=self.chars_.vocabulary
+            ).fit(
+                rows + out_of_scope, ["in"] * len(rows) + ["out"] * len(out_of_scope)
+            )
+
+    def _gate_logit(self, char_terms: np.ndarray, char_tf: np.ndarray) -> float:
+        if self.gate_ is None:
+            return 0.0
+        p = self.gate_.predict_proba_terms(char_terms, char_tf)["in"]
+        p = min(max(p, 1e-6), 1 - 1e-6)
+        return math.log(p / (1 - p))
+
+    def _fit_calibration(
+        self,
+        rows: list[str],
+        out_of_scope: Sequence[str],
+        calibration: Sequence[tuple[str, str | None]],
+    ) -> None:
         from sklearn.linear_model import LogisticRegression  # only needed to fit
 
-        model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=1000)
+        features: list[list[float]] = []
+        labels: list[int] = []
+        if calibration:
+            for text, truth in calibration:
+                normalized = self.processor.normalize(text)
+                scores, feats = self._score(normalized)
+                best = int(np.argmax(scores))
+                features.append(feats(best))
+                labels.append(int(truth is not None and self.entries_[best].topic == truth))
+        else:
+            for row_index, normalized in enumerate(rows):
+                truth = self.entries_[self.row_entry_[row_index]].topic
+                scores, feats = self._score(normalized, exclude_row=row_index)
+                best = int(np.argmax(scores))
+                features.append(feats(best))
+                labels.append(int(self.entries_[best].topic == truth))
+            for text in out_of_scope:
+                scores, feats = self._score(self.processor.normalize(text))
+                features.append(feats(int(np.argmax(scores))))
+                labels.append(0)
+        model = LogisticRegression(C=1.0, max_iter=2000)
         model.fit(np.asarray(features), np.asarray(labels))
         self.calibration_coef_ = model.coef_[0].copy()
         self.calibration_intercept_ = float(model.intercept_[0])
@@ -173,23 +248,36 @@ class Matcher:
     ) -> tuple[np.ndarray, Callable[[int], list[float]]]:
         """Entry similarities, and a function giving calibration features of one entry."""
         words = self.processor.words(normalized)
-        word_rows, word_coverage = self.words_.score(words)
-        char_rows, char_coverage = self.chars_.score(self.processor.char_ngrams(normalized))
-        combined = WORD_WEIGHT * word_rows + CHAR_WEIGHT * char_rows
+        word_terms, word_tf, word_coverage = term_frequencies(words, self.words_.vocabulary)
+        word_rows = self.words_.score_terms(word_terms, word_tf)
+        char_terms, char_tf, char_coverage = term_frequencies(
+            self.processor.char_ngrams(normalized), self.chars_.vocabulary
+        )
+        char_rows = self.chars_.score_terms(char_terms, char_tf)
+        weights = self.weights
+        combined = weights.word * word_rows + weights.char * char_rows
         if exclude_row is not None:
             combined[exclude_row] = 0.0
             word_rows = word_rows.copy()
             word_rows[exclude_row] = 0.0
         entry_scores = np.maximum.reduceat(combined, self.entry_starts_)
         entry_words = np.maximum.reduceat(word_rows, self.entry_starts_)
+        if weights.entry:
+            entry_scores = entry_scores + weights.entry * self.entry_docs_.score_terms(
+                word_terms, word_tf
+            )
+        if weights.topic:
+            topic_scores = self.topic_docs_.score_terms(word_terms, word_tf)
+            entry_scores = entry_scores + weights.topic * topic_scores[self.entry_topic_]
         boosts = np.zeros(len(self.entries_))
         for word in set(words):
             ids = self.keyword_entries_.get(word)
             if ids is not None:
-                boosts[ids] += KEYWORD_BOOST
-        np.minimum(boosts, KEYWORD_BOOST_CAP, out=boosts)
+                boosts[ids] += weights.keyword
+        np.minimum(boosts, weights.keyword_cap, out=boosts)
         entry_scores = entry_scores + boosts * (entry_scores > 0)
         length = math.log1p(len(self.processor.content(normalized)))
+        gate = self._gate_logit(char_terms, char_tf)
 
         def features(best: int) -> list[float]:
             top = entry_scores[best]
@@ -205,6 +293,7 @@ class Matcher:
                 word_coverage,
                 char_coverage,
                 length,
+                gate,
             ]
 
         return entry_scores, features

@@ -21,8 +21,10 @@ import jieba
 import opencc
 import yaml
 
+from classifiers.linear import char_ngrams
+
 DEFAULT_LEXICON_DIR = Path(__file__).parent / "lexicon"
-CHAR_NGRAMS = (1, 3)
+CHAR_NGRAMS = (2, 3)
 MAX_WORD_CHARS = 8
 
 # Function words and chat filler that say nothing about the topic.
@@ -177,12 +179,7 @@ class TextProcessor:
 
     def char_ngrams(self, normalized: str) -> list[str]:
         """Character n-grams inside runs of letters, digits and Chinese characters."""
-        grams: list[str] = []
-        low, high = CHAR_NGRAMS
-        for chunk in _KEEP.findall(normalized):
-            for size in range(low, high + 1):
-                grams.extend(chunk[i : i + size] for i in range(len(chunk) - size + 1))
-        return grams
+        return char_ngrams(normalized, *CHAR_NGRAMS)
 
     def content(self, normalized: str) -> str:
         """Only the letters, digits and Chinese characters of a text (empty for emoji)."""

@@ -169,6 +169,47 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return _run_batch(args, make_answer, "question")
 
 
+def _scam_checker(config: Config) -> Any:
+    from bot.services import knowledge_source, scam_advice
+    from classifiers.scam import build_scam_checker
+    from knowledge.index import build_matcher
+
+    source = knowledge_source(config)
+    return build_scam_checker(source.cache_dir, scam_advice(build_matcher(source).base_))
+
+
+def cmd_check_message(args: argparse.Namespace) -> int:
+    """Scam check of messages a consumer received (or --eval on a labelled file)."""
+    from classifiers.scam import read_messages
+    from classifiers.scam_evaluation import evaluate, render_report
+
+    config = _config(args)
+    if args.eval:
+        if args.text or args.jsonl:
+            raise UsageError("--eval takes a file; give no text and no --jsonl")
+        try:
+            messages = read_messages(Path(args.eval))
+        except (OSError, ValueError) as error:
+            raise UsageError(str(error)) from None
+        report = evaluate(_scam_checker(config), messages)
+        print(json.dumps(report.as_dict(), ensure_ascii=False) if args.json
+              else render_report(report))
+        return 0
+
+    def make_answer() -> Callable[[str], dict[str, Any]]:
+        checker = _scam_checker(config)
+        return lambda text: checker.check(text).as_dict()
+
+    args.render = _render_check
+    return _run_batch(args, make_answer, "message")
+
+
+def _render_check(result: dict[str, Any]) -> str:
+    lines = [f"{result['verdict']} ({result['type'] or '-'}, score {result['score']:.2f})"]
+    lines += [f"  - {reason}" for reason in result["reasons"]]
+    return "\n".join([*lines, "", result["advice"]])
+
+
 # -- knowledge-base tools ------------------------------------------------------------------
 def cmd_kb_check(args: argparse.Namespace) -> int:
     """Validate the knowledge base; print every problem as file:line."""
@@ -271,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(func=func)
 
     batch("ask", "answer one question from the knowledge base", cmd_ask)
+    batch("check-message", "scam check of a message the consumer received", cmd_check_message)
+    commands.choices["check-message"].add_argument(
+        "--eval", metavar="FILE", help="recall and false-positive rate on a labelled file")
 
     database = commands.add_parser("db", help="database tools")
     db_commands = database.add_subparsers(dest="db_command", required=True, parser_class=_Parser)

@@ -21,7 +21,8 @@ from bot.messages import Button, Incoming, Reply
 from bot.models import UnansweredQuestion
 from bot.privacy import redact
 from bot.state import load_state, save_state
-from classifiers.intent import Intent, detect_intent
+from classifiers.intent import Intent, detect_intent, strip_scam_question
+from classifiers.scam import ScamChecker, looks_like_pasted_message
 from knowledge.base import Entry
 from knowledge.index import KnowledgeIndex
 from knowledge.matcher import MatchResult
@@ -29,6 +30,10 @@ from knowledge.matcher import MatchResult
 log = logging.getLogger(__name__)
 
 MAX_BUTTON_LABEL = 30
+SCAM_CHECK_INLINE_CHARS = 12
+LEAVE_MODE_INTENTS = frozenset(
+    {Intent.MENU, Intent.CANCEL, Intent.HELP, Intent.GREETING, Intent.SCAM_CHECK}
+)
 UNANSWERED_TEXT_CHARS = 500
 SUGGESTION_FLOOR = 0.12
 
@@ -57,16 +62,20 @@ class Engine:
         sessions: async_sessionmaker[AsyncSession],
         knowledge: KnowledgeIndex,
         chat: ChatConfig,
+        scam: ScamChecker,
     ) -> None:
         self._sessions = sessions
         self.knowledge = knowledge
         self.chat = chat
+        self.scam = scam
         self._actions: dict[str, Handler] = {
             "start": self._greet,
             "menu": self._menu,
             "help": self._help,
             "topics": self._topics,
-            "check": self._scam_check_unavailable,
+            "check": self._ask_for_message,
+            "check-pending": self._check_pending,
+            "answer-pending": self._answer_pending,
             "complaint": self._complaint_unavailable,
             "status": self._status_unavailable,
         }
@@ -80,9 +89,9 @@ class Engine:
             Intent.MENU: self._menu,
             Intent.HELP: self._help,
             Intent.THANKS: self._thanks,
-            Intent.CANCEL: self._menu,
+            Intent.CANCEL: self._cancel,
             Intent.COMPLAINT: self._complaint_unavailable,
-            Intent.SCAM_CHECK: self._scam_check_unavailable,
+            Intent.SCAM_CHECK: self._scam_check_intent,
             Intent.STATUS: self._status_unavailable,
             Intent.INJECTION: self._injection,
             Intent.QUESTION: self._question,
@@ -112,7 +121,14 @@ class Engine:
         text = (turn.incoming.text or "").strip()
         if not text:
             return [Reply(texts.empty_message(), texts.MENU_BUTTONS)]
-        return await self._intents[detect_intent(text)](turn)
+        intent = detect_intent(text)
+        if turn.state.get("mode") == "scam-check" and intent not in LEAVE_MODE_INTENTS:
+            turn.state.pop("mode", None)
+            return self._check(text)
+        turn.state.pop("mode", None)
+        if intent is Intent.QUESTION and looks_like_pasted_message(text):
+            return self._offer_check(turn, text)
+        return await self._intents[intent](turn)
 
     # -- menus -------------------------------------------------------------------------
     async def _greet(self, turn: Turn) -> list[Reply]:
@@ -216,10 +232,66 @@ class Engine:
             )
         )
 
+    async def _cancel(self, turn: Turn) -> list[Reply]:
+        turn.state.pop("mode", None)
+        turn.state.pop("pending_check", None)
+        return await self._menu(turn)
+
+    # -- "is this a scam?" -------------------------------------------------------------
+    async def _ask_for_message(self, turn: Turn) -> list[Reply]:
+        turn.state["mode"] = "scam-check"
+        return [Reply(texts.scam_check_prompt(), (Button("取消", "menu"),))]
+
+    async def _scam_check_intent(self, turn: Turn) -> list[Reply]:
+        message = strip_scam_question(turn.incoming.text or "")
+        if len(message) >= SCAM_CHECK_INLINE_CHARS:
+            return self._check(message)
+        return await self._ask_for_message(turn)
+
+    def _offer_check(self, turn: Turn, text: str) -> list[Reply]:
+        turn.state["pending_check"] = text[: self.chat.max_text_chars]
+        return [Reply(texts.scam_check_offer(),
+                      (Button("帮我看看是不是诈骗", "check-pending"),
+                       Button("不用，回答我的问题", "answer-pending"), texts.BACK_TO_MENU))]
+
+    async def _check_pending(self, turn: Turn) -> list[Reply]:
+        text = turn.state.pop("pending_check", None)
+        if not text:
+            return await self._ask_for_message(turn)
+        return self._check(text)
+
+    async def _answer_pending(self, turn: Turn) -> list[Reply]:
+        text = turn.state.pop("pending_check", None)
+        if not text:
+            return await self._menu(turn)
+        return await self._question(Turn(turn.session, turn.state,
+                                         Incoming(turn.incoming.channel, turn.incoming.user_id,
+                                                  text=text)))
+
+    def _check(self, text: str) -> list[Reply]:
+        """Run the scam checker and explain its verdict in plain words."""
+        verdict = self.scam.check(text)
+        parts = [texts.VERDICT_HEADINGS[verdict.verdict]]
+        if verdict.scam_type:
+            parts.append(f"看起来像：{texts.SCAM_TYPE_NAMES[verdict.scam_type]}")
+        if verdict.reasons:
+            reasons = "\n".join(f"{i}. {r}" for i, r in enumerate(verdict.reasons, 1))
+            parts.append(f"我的判断依据：\n{reasons}")
+        if verdict.links:
+            parts.append("信息里的链接（请不要点开）：\n" + "\n".join(verdict.links))
+        if verdict.phones:
+            parts.append("信息里的电话（请不要回拨；要核实，请打机构官方电话）：\n"
+                         + "、".join(verdict.phones))
+        parts.append(verdict.advice)
+        buttons: list[Button] = []
+        entry_id = texts.SCAM_ADVICE_ENTRIES.get(verdict.scam_type or "")
+        entry = self.knowledge.matcher.base_.entry(entry_id) if entry_id else None
+        if entry is not None:
+            buttons.append(Button(_label(f"了解：{entry.title}"), f"kb:{entry.id}"))
+        buttons += [Button("再查一条", "check"), texts.BACK_TO_MENU]
+        return [Reply("\n\n".join(parts), tuple(buttons))]
+
     # -- features delivered by later work ----------------------------------------------
-    async def _scam_check_unavailable(self, turn: Turn) -> list[Reply]:
-        return [Reply(texts.not_available("帮我看看是不是诈骗", self.chat.hotline),
-                      (Button("防诈骗知识", "group:fraud"), texts.BACK_TO_MENU))]
 
     async def _complaint_unavailable(self, turn: Turn) -> list[Reply]:
         return [Reply(texts.not_available("在线投诉", self.chat.hotline),

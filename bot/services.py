@@ -13,10 +13,11 @@ from pathlib import Path
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from bot import db
+from bot import db, texts
 from bot.config import Config
 from bot.engine import Engine
-from knowledge.base import DEFAULT_DATA_DIR
+from classifiers.scam import ScamChecker, build_scam_checker
+from knowledge.base import DEFAULT_DATA_DIR, KnowledgeBase
 from knowledge.index import KnowledgeIndex, KnowledgeSource
 from knowledge.text import DEFAULT_LEXICON_DIR
 
@@ -29,6 +30,7 @@ class Services:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     knowledge: KnowledgeIndex
+    scam: ScamChecker
     chat: Engine
 
 
@@ -57,10 +59,26 @@ async def open_services(config: Config, knowledge: KnowledgeIndex | None = None)
     sessions = db.create_sessionmaker(engine)
     if knowledge is None:
         knowledge = await asyncio.to_thread(KnowledgeIndex.build, knowledge_source(config))
+    scam = await asyncio.to_thread(
+        build_scam_checker, knowledge_source(config).cache_dir,
+        scam_advice(knowledge.matcher.base_),
+    )
     return Services(
         config=config,
         engine=engine,
         sessions=sessions,
         knowledge=knowledge,
-        chat=Engine(sessions, knowledge, config.chat),
+        scam=scam,
+        chat=Engine(sessions, knowledge, config.chat, scam),
     )
+
+
+def scam_advice(base: KnowledgeBase) -> dict[str, str]:
+    """Per scam type, what to do now, taken from that scam's knowledge entry."""
+    advice = {}
+    for scam_type, entry_id in texts.SCAM_ADVICE_ENTRIES.items():
+        entry = base.entry(entry_id)
+        if entry is not None and entry.next_steps:
+            steps = "\n".join(f"· {step}" for step in entry.next_steps)
+            advice[scam_type] = f"关于“{entry.title}”，您可以：\n{steps}"
+    return advice

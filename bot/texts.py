@@ -118,3 +118,50 @@ def suggestion_intro() -> str:
 def topic_menu_intro() -> str:
     """Heading of the topic menu."""
     return "请选择您想了解的方面："
+
+
+SCAM_TYPE_NAMES = {
+    "impersonate-authority": "冒充公检法",
+    "fake-customer-service": "冒充客服（退款、理赔、注销账户）",
+    "order-brushing": "刷单返利",
+    "investment-scam": "虚假投资理财",
+    "fake-loan": "虚假贷款",
+    "credit-repair": "“征信修复”骗局",
+    "agent-surrender": "“代理退保”黑产",
+    "illegal-fundraising": "非法集资",
+    "phishing-link": "钓鱼链接",
+    "card-renting": "买卖、出租银行卡和电话卡",
+    "other": "其他诈骗（冒充熟人、中奖等）",
+}
+
+# The knowledge entry whose advice goes with each scam type.
+SCAM_ADVICE_ENTRIES = {
+    "impersonate-authority": "telecom-fraud-police-impersonation",
+    "fake-customer-service": "telecom-fraud-fake-customer-service",
+    "order-brushing": "telecom-fraud-brushing-orders",
+    "investment-scam": "investment-scam-pig-butchering",
+    "fake-loan": "loan-intermediary-upfront-fee",
+    "credit-repair": "credit-repair-scam-delete-overdue",
+    "agent-surrender": "agent-surrender-full-refund-ad",
+    "illegal-fundraising": "illegal-fundraising-identify",
+    "phishing-link": "telecom-fraud-verification-code",
+    "card-renting": "card-fraud-card-buying-offer",
+    "other": "telecom-fraud-impersonate-boss-acquaintance",
+}
+
+VERDICT_HEADINGS = {
+    "scam": "🔴 这很可能是诈骗！",
+    "suspicious": "🟠 这条信息有可疑之处，请提高警惕。",
+    "safe": "🟢 暂时没有发现明显的诈骗特征。",
+}
+
+
+def scam_check_prompt() -> str:
+    """Asking for the message to check."""
+    return ("请把您收到的短信、微信聊天或对方说的话，原样复制粘贴发给我，我帮您看看。\n"
+            "（只看文字，不会点开里面的链接，也不会拨打里面的电话。）")
+
+
+def scam_check_offer() -> str:
+    """Offered when a message looks like a pasted SMS."""
+    return "这看起来像是您收到的一条短信或消息。要我帮您看看是不是诈骗吗？"

@@ -43,8 +43,8 @@ _COMPLAINT = re.compile(
     r"^(我)?(要|想|想要|需要)(投诉|举报|反映问题)|^(帮我|我来)投诉|^投诉(一下)?$|^我有投诉"
 )
 _SCAM_CHECK = re.compile(
-    r"(是不是|是否|算不算|会不会是)(诈骗|骗局|骗子|假的)|帮我看看.*(诈骗|骗)|^查诈骗|"
-    r"^(防诈|鉴别|识别)(骗局|短信)?$"
+    r"(这|这个|这条|这是|它|对方)?(是不是|是否|算不算|会不会是)(诈骗|骗局|骗子|假的)(啊|吗|呀|呢)?|"
+    r"帮我看看.*(诈骗|骗)|^查诈骗|^(防诈|鉴别|识别)(骗局|短信)?$"
 )
 _STATUS = re.compile(r"^(查|查询|查看)(投诉)?(进度|状态|结果)|^我的投诉")
 _INJECTION = re.compile(
@@ -71,6 +71,14 @@ def detect_intent(text: str) -> Intent:
         return Intent.COMPLAINT
     if len(squashed) <= 20 and _STATUS.search(squashed):
         return Intent.STATUS
-    if len(squashed) <= 30 and _SCAM_CHECK.search(squashed):
+    if _SCAM_CHECK.search(squashed) and (
+        len(squashed) <= 30 or _SCAM_CHECK.search(squashed[-12:])
+    ):
         return Intent.SCAM_CHECK
     return Intent.QUESTION
+
+
+def strip_scam_question(text: str) -> str:
+    """What is left of "…这是不是诈骗" once the question itself is removed (the message)."""
+    remainder = _SCAM_CHECK.sub("", unicodedata.normalize("NFKC", text))
+    return remainder.strip(" \t\r\n，,。.？?！!～~")

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from classifiers import cache
 from classifiers.linear import LinearTextClassifier
 
 DATA_FILE = Path(__file__).parent / "data" / "scam_messages.jsonl"
@@ -117,7 +118,7 @@ RED_FLAGS: tuple[RedFlag, ...] = (
 REASSURANCES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("never-share", re.compile(r"(请勿|切勿|不要|勿|别)(泄露|告诉|转发|提供|透露)|(不会|绝不会|从不|不会主动)"
                                r".{0,12}(索要|索取|要求您?提供|要求您?转账|让您?转账|找你们借钱)|工作人员不会")),
-    ("warning", re.compile(r"谨防|警惕|提防|防范|反诈|(都|就|均)?(是|为)(诈骗|骗局|骗子|骗人)|不存在.{0,4}安全账户"
+    ("warning", re.compile(r"谨防|警惕|提防|防范|反诈|(都|就|均|全)(是|为)(诈骗|骗局|骗子|骗人)|不存在.{0,4}安全账户"
                            r"|(不|勿)(出租|出借|出售|下载|开启|点击|相信)|别信|千万别|直接挂|需谨慎|不懂就问")),
     ("official-contact", re.compile(r"如非本人(操作|交易)|如有疑问.{0,10}(致电|拨打|咨询)|(详询|咨询|致电|拨打)"
                                     r"\s*9\d{4}|(官方|官网|网点|柜台|柜面)(办理|查询|咨询)?")),
@@ -295,7 +296,7 @@ class ScamChecker:
     Hand-set weights cannot tell a scam that says 安全账户 from a police warning that says
     it too; so each red flag, link kind and reassurance is a binary feature, and a
     logistic regression learns their weights together with the out-of-fold score of the
-    n-gram model.  Only flags with a positive learned weight are shown as reasons.
+    n-gram model.  A risky verdict shows every red flag found as its reasons.
     """
 
     advice_by_type: Mapping[str, str] = field(default_factory=dict)
@@ -340,7 +341,7 @@ class ScamChecker:
     def feature_names(self) -> list[str]:
         """Names of the combiner's inputs, in order (for inspection and tests)."""
         return (["ngram-model"] + [f.id for f in self.rules] + list(LINK_KINDS)
-                + [name for name, _ in REASSURANCES])
+                + [name for name, _ in REASSURANCES] + ["flags-bare", "flags-in-warning"])
 
     def _rules(self, text: str) -> _Evidence:
         """Which red flags, link kinds and reassurances a message shows."""
@@ -363,7 +364,13 @@ class ScamChecker:
                 reasons[kind] = found[0]
                 if kind != "unknown-link":
                     type_votes["phishing-link"] += 2.0
-        features.extend(float(pattern.search(text) is not None) for _, pattern in REASSURANCES)
+        reassured = [float(pattern.search(text) is not None) for _, pattern in REASSURANCES]
+        features.extend(reassured)
+        # Red flags mean one thing in a bare message and another inside a warning that
+        # quotes them; these two counts let the combiner learn the difference.
+        flags = sum(features[: len(self.rules)])
+        calm = float(any(reassured))
+        features.extend((flags * (1.0 - calm), flags * calm))
         return _Evidence(links=links, phones=tuple(extract_phones(text)), reasons=reasons,
                          type_votes=type_votes, features=features)
 
@@ -385,11 +392,9 @@ class ScamChecker:
                                               + self.combiner_intercept_))))
         verdict = ("scam" if score >= self.scam_at_
                    else "suspicious" if score >= self.suspicious_at_ else "safe")
-        names = self.feature_names()
-        reasons = [
-            reason for key, reason in evidence.reasons.items()
-            if self.combiner_coef_[names.index(key)] > 0
-        ] if verdict != "safe" else []
+        # Once the message is judged risky, every red flag it shows is part of the
+        # explanation (the combiner may weigh a flag down because warnings quote it too).
+        reasons = list(evidence.reasons.values()) if verdict != "safe" else []
         if verdict != "safe" and model_probability >= MODEL_REASON_AT:
             reasons.append("整体说法和常见诈骗信息很相似")
         scam_type = None
@@ -417,3 +422,27 @@ class ScamChecker:
         common = ("先停下来：不转账、不付款、不点链接、不把验证码告诉任何人。"
                   "如果已经转了钱，马上拨打110或96110报警，并打银行官方客服电话冻结银行卡、申请止付。")
         return "\n".join(part for part in (common, specific, DISCLAIMER) if part)
+
+
+SCAM_CODE = (Path(__file__), Path(__file__).parent / "linear.py")
+
+
+def build_scam_checker(
+    cache_dir: Path | None, advice_by_type: Mapping[str, str], data_file: Path = DATA_FILE
+) -> ScamChecker:
+    """The fitted checker (from the cache when neither data nor code changed)."""
+    checker: ScamChecker = cache.cached(
+        cache_dir, "scam", (*SCAM_CODE, data_file),
+        lambda: ScamChecker().fit(read_messages(data_file)),
+    )
+    checker.advice_by_type = dict(advice_by_type)
+    return checker
+
+
+def looks_like_pasted_message(text: str) -> bool:
+    """True for text that looks like a received SMS or chat rather than a question."""
+    if re.search(r"【[^】]{2,20}】", text):
+        return True
+    if extract_links(text):
+        return True
+    return bool(re.search(r"验证码\s*[:：是为]?\s*\d{4,8}|退订|回T|拒收", text))

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from knowledge import cache
+from classifiers import cache, linear
 from knowledge.base import DEFAULT_DATA_DIR, DEFAULT_TOPICS_FILE, load_knowledge
 from knowledge.matcher import Matcher
 from knowledge.text import DEFAULT_LEXICON_DIR, Lexicon, TextProcessor
@@ -68,17 +68,17 @@ def fit_matcher(source: KnowledgeSource) -> Matcher:
     )
 
 
+CODE = tuple(Path(__file__).parent / name for name in ("base.py", "matcher.py", "text.py",
+                                                       "index.py"))
+
+
 def build_matcher(source: KnowledgeSource) -> Matcher:
     """The fitted matcher for this source, from the cache when its inputs are unchanged."""
-    if source.cache_dir is None:
-        return fit_matcher(source)
-    key = cache.fingerprint((source.data_dir, source.lexicon_dir, source.topics_file))
-    matcher = cache.load(source.cache_dir, key)
-    if isinstance(matcher, Matcher):
-        matcher.threshold, matcher.suggestions = source.threshold, source.suggestions
-        return matcher
-    matcher = fit_matcher(source)
-    cache.store(source.cache_dir, key, matcher)
+    inputs = (*CODE, Path(linear.__file__), source.data_dir, source.lexicon_dir,
+              source.topics_file)
+    matcher: Matcher = cache.cached(source.cache_dir, "knowledge", inputs,
+                                    lambda: fit_matcher(source))
+    matcher.threshold, matcher.suggestions = source.threshold, source.suggestions
     return matcher
 
 

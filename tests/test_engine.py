@@ -76,7 +76,7 @@ async def test_unknown_action_falls_back_to_the_menu(services):
 
 
 async def test_features_not_built_yet_say_so_plainly(services):
-    for action in ("complaint", "check", "status"):
+    for action in ("complaint", "status"):
         replies = await services.chat.handle(Incoming("web", "u1", action=action))
         assert "还在建设中" in said(replies)
         assert "12378" in said(replies)
@@ -89,7 +89,7 @@ async def test_state_survives_a_new_engine_on_the_same_database(config, knowledg
     await first.engine.dispose()
 
     second = await open_services(config, knowledge_index)
-    fresh = Engine(second.sessions, knowledge_index, config.chat)
+    fresh = Engine(second.sessions, knowledge_index, config.chat, second.scam)
     await fresh.handle(Incoming("web", "alice", text="谢谢"))
     async with second.sessions() as session:
         row = await session.get(Conversation, ("web", "alice"))
@@ -111,3 +111,36 @@ async def test_emoji_and_mixed_scripts_are_ordinary_text(services):
     for text in ("😀😀😀", "ICBC卡被盗刷了😭怎么办", "   \u200b  "):
         replies = await services.chat.handle(Incoming("web", "u2", text=text))
         assert replies and all(reply.text for reply in replies)
+
+
+async def test_scam_check_from_the_menu_checks_the_next_message(services):
+    prompt = await services.chat.handle(Incoming("web", "s1", action="check"))
+    assert "粘贴" in said(prompt)
+    replies = await services.chat.handle(Incoming(
+        "web", "s1", text="【公安局】你涉嫌洗钱，请把存款转到安全账户配合调查，不要告诉家人"))
+    text = said(replies)
+    assert "诈骗" in text and "安全账户" in text
+    assert "不能代替警察和银行" in text
+    follow_up = await services.chat.handle(Incoming("web", "s1", text="银行卡被盗刷了怎么办"))
+    assert said(follow_up).startswith("【")  # the mode ended after one check
+
+
+async def test_a_pasted_sms_is_offered_a_check_and_links_are_shown_not_opened(services):
+    sms = "【建行】您的积分即将清零，请登录 ccb-jf.top/x7 兑换礼品，回T退订"
+    offer = await services.chat.handle(Incoming("web", "s2", text=sms))
+    assert "check-pending" in actions(offer)
+    checked = await services.chat.handle(Incoming("web", "s2", action="check-pending"))
+    text = said(checked)
+    assert "ccb-jf.top/x7" in text and "请不要点开" in text
+
+
+async def test_asking_is_this_a_scam_with_the_message_inline(services):
+    replies = await services.chat.handle(Incoming(
+        "web", "s3", text="有人说交2000保证金就能放款5万，无抵押秒批，这是不是诈骗"))
+    assert "诈骗" in said(replies) and "虚假贷款" in said(replies)
+
+
+async def test_menu_words_leave_the_scam_check_mode(services):
+    await services.chat.handle(Incoming("web", "s4", action="check"))
+    replies = await services.chat.handle(Incoming("web", "s4", text="菜单"))
+    assert "topics" in actions(replies)

@@ -73,6 +73,18 @@ class KnowledgeConfig:
 
 
 @dataclass(frozen=True)
+class ComplaintsConfig:
+    """How complaints are numbered and how long drafts are kept."""
+
+    tracking_prefix: str = "BB"
+    draft_resume_minutes: int = 30
+    draft_expiry_days: int = 7
+    dashboard_url: str = "http://127.0.0.1:8080/staff"
+
+    SECRETS: ClassVar[tuple[str, ...]] = ()
+
+
+@dataclass(frozen=True)
 class LogConfig:
     """How much the service says about itself (never personal data, at any level)."""
 
@@ -89,7 +101,9 @@ class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
     knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
+    complaints: ComplaintsConfig = field(default_factory=ComplaintsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    # Channel sections (telegram, wechat) are added below this line by their adapters.
 
     def replace(self, **sections: Any) -> Config:
         """Return a copy with some sections' keys changed (tests and tools use this)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -48,6 +48,17 @@ class Turn:
 
 
 Handler = Callable[[Turn], Awaitable[list[Reply]]]
+
+
+def numbered_choice(turn: Turn) -> str | None:
+    """On channels without buttons, "2" means the second button of the last reply."""
+    if not turn.incoming.meta.get("numbered_choices"):
+        return None
+    text = (turn.incoming.text or "").strip()
+    offered = turn.state.get("buttons") or []
+    if text.isdigit() and 1 <= int(text) <= len(offered):
+        return str(offered[int(text) - 1])
+    return None
 
 
 def _label(text: str) -> str:
@@ -102,12 +113,22 @@ class Engine:
         async with self._sessions() as session, session.begin():
             state = await load_state(session, incoming.channel, incoming.user_id)
             turn = Turn(session=session, state=state, incoming=incoming)
-            replies = await self._dispatch(turn)
+            replies = await self.handle_turn(turn)
             state["turns"] = int(state.get("turns", 0)) + 1
             await save_state(session, incoming.channel, incoming.user_id, state)
         return replies
 
+    async def handle_turn(self, turn: Turn) -> list[Reply]:
+        """Dispatch one message and remember the buttons offered, for numbered replies."""
+        replies = await self._dispatch(turn)
+        turn.state["buttons"] = [b.action for reply in replies for b in reply.buttons]
+        return replies
+
     async def _dispatch(self, turn: Turn) -> list[Reply]:
+        choice = numbered_choice(turn)
+        if choice is not None:
+            turn = Turn(turn.session, turn.state, replace(turn.incoming, text=None,
+                                                          action=choice))
         action = (turn.incoming.action or "").strip()
         if action:
             handler = self._actions.get(action)

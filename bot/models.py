@@ -48,3 +48,31 @@ class UnansweredQuestion(Base):
     score: Mapped[float] = mapped_column()
     candidates: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ProcessedDelivery(Base):
+    """A channel delivery already handled (WeChat MsgId, Telegram update_id, ...).
+
+    Channels retry: WeChat re-sends a message three times if it has no answer in five
+    seconds, and Telegram may repeat an update.  The first delivery stores its rendered
+    reply here; a repeat gets the same reply and is never processed twice, whichever
+    worker it reaches.
+    """
+
+    __tablename__ = "processed_deliveries"
+
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    delivery_key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    reply: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
+                                                 index=True)
+
+
+class SharedSecretCache(Base):
+    """Short-lived credentials shared by all workers (e.g. the WeChat access token)."""
+
+    __tablename__ = "shared_secret_cache"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -6,7 +6,10 @@ from sqlalchemy import inspect, text
 
 from bot import db
 
-EXPECTED_TABLES = {"conversations", "unanswered_questions", "alembic_version"}
+EXPECTED_TABLES = {
+    "conversations", "unanswered_questions", "alembic_version", "processed_deliveries",
+    "shared_secret_cache",
+}
 
 
 async def _tables(url: str) -> set[str]:

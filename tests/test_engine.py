@@ -144,3 +144,17 @@ async def test_menu_words_leave_the_scam_check_mode(services):
     await services.chat.handle(Incoming("web", "s4", action="check"))
     replies = await services.chat.handle(Incoming("web", "s4", text="菜单"))
     assert "topics" in actions(replies)
+
+
+async def test_numbered_replies_press_buttons_on_channels_without_buttons(services):
+    await services.chat.handle(Incoming("wechat", "n1", text="你好"))
+    replies = await services.chat.handle(
+        Incoming("wechat", "n1", text="5", meta={"numbered_choices": True})
+    )
+    assert "使用方法" in said(replies)  # the fifth main-menu button is help
+
+
+async def test_digits_stay_text_on_channels_with_buttons(services):
+    await services.chat.handle(Incoming("web", "n2", text="你好"))
+    replies = await services.chat.handle(Incoming("web", "n2", text="5"))
+    assert "使用方法" not in said(replies)

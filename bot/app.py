@@ -13,7 +13,9 @@ from aiohttp import web
 
 from bot.config import Config
 from bot.services import SERVICES, open_services
+from handlers import telegram as telegram_channel
 from handlers import web as web_channel
+from handlers import wechat as wechat_channel
 from knowledge.index import KnowledgeIndex
 
 
@@ -29,4 +31,6 @@ def create_app(config: Config, knowledge: KnowledgeIndex | None = None) -> web.A
 
     app.cleanup_ctx.append(services_ctx)
     web_channel.setup(app)
+    telegram_channel.setup(app, config)
+    wechat_channel.setup(app, config)
     return app

@@ -43,6 +43,9 @@ def _setup_logging(config: Config) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Drivers log statement parameters (names, phone numbers) at DEBUG: never let them.
+    for noisy in ("aiosqlite", "asyncpg"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
 
 
 # -- serve / chat / db ---------------------------------------------------------------------
@@ -210,6 +213,35 @@ def _render_check(result: dict[str, Any]) -> str:
     return "\n".join([*lines, "", result["advice"]])
 
 
+def cmd_triage(args: argparse.Namespace) -> int:
+    """Classify and route complaint narratives (writes nothing)."""
+    from bot.services import knowledge_source
+    from classifiers.triage import build_triage
+
+    config = _config(args)
+
+    def make_answer() -> Callable[[str], dict[str, Any]]:
+        triage = build_triage(knowledge_source(config).cache_dir)
+        return lambda text: triage.classify(text).as_dict()
+
+    args.render = _render_triage
+    return _run_batch(args, make_answer, "complaint narrative")
+
+
+def _render_triage(result: dict[str, Any]) -> str:
+    institution = result["institution"]
+    named = f"{institution['name']} ({institution['id']})" if institution else "-"
+    lines = [
+        f"institution: {named}",
+        f"sector: {result['sector'] or '-'}   business: {result['business']}   "
+        f"cause: {result['cause']}",
+        f"risk: {'YES ' + '; '.join(result['risk_reasons']) if result['risk'] else 'no'}",
+    ]
+    if result["agent_led"]:
+        lines.append("suspected agent-led: " + "; ".join(result["agent_reasons"]))
+    return "\n".join(lines)
+
+
 # -- knowledge-base tools ------------------------------------------------------------------
 def cmd_kb_check(args: argparse.Namespace) -> int:
     """Validate the knowledge base; print every problem as file:line."""
@@ -291,6 +323,39 @@ def cmd_kb_unanswered(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- WeChat --------------------------------------------------------------------------------
+def cmd_wechat_push_menu(args: argparse.Namespace) -> int:
+    """Publish `wechat.menu` as the official account's custom menu (or just print it)."""
+    from bot import db
+    from handlers.wechat_api import publish_menu
+    from handlers.wechat_protocol import MenuError, menu_definition
+
+    config = _config(args)
+    try:
+        definition = menu_definition(config.wechat.menu)
+    except MenuError as error:
+        raise UsageError(f"wechat.menu: {error}") from None
+    if args.print:
+        print(json.dumps(definition, ensure_ascii=False, indent=2))
+        return 0
+    if not (config.wechat.app_id and config.wechat.app_secret):
+        raise UsageError("publishing the menu needs XIAOBAO_WECHAT_APP_ID and "
+                         "XIAOBAO_WECHAT_APP_SECRET")
+
+    async def main() -> None:
+        if config.database.auto_migrate:
+            await db.upgrade(config.database.url)
+        engine = db.create_engine(config.database.url)
+        try:
+            await publish_menu(config.wechat, db.create_sessionmaker(engine), definition)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
+    print(f"menu published: {len(definition['button'])} top-level buttons")
+    return 0
+
+
 # -- wiring --------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The command-line grammar."""
@@ -313,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     batch("ask", "answer one question from the knowledge base", cmd_ask)
     batch("check-message", "scam check of a message the consumer received", cmd_check_message)
+    batch("triage", "classify and route one complaint narrative (writes nothing)", cmd_triage)
     commands.choices["check-message"].add_argument(
         "--eval", metavar="FILE", help="recall and false-positive rate on a labelled file")
 
@@ -335,6 +401,14 @@ def build_parser() -> argparse.ArgumentParser:
     unanswered.add_argument("--limit", type=int, default=30)
     unanswered.add_argument("--json", action="store_true")
     unanswered.set_defaults(func=cmd_kb_unanswered)
+
+    wechat = commands.add_parser("wechat", help="WeChat Official Account tools")
+    wechat_commands = wechat.add_subparsers(dest="wechat_command", required=True,
+                                            parser_class=_Parser)
+    push_menu = wechat_commands.add_parser("push-menu", help="publish the custom menu")
+    push_menu.add_argument("--print", action="store_true",
+                           help="print the menu as WeChat will get it; publish nothing")
+    push_menu.set_defaults(func=cmd_wechat_push_menu)
     return parser
 
 

@@ -9,6 +9,7 @@ a key, its annotation is the type that is checked, and fields listed in a sectio
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import os
 import tomllib
@@ -51,7 +52,7 @@ class DatabaseConfig:
 class ChatConfig:
     """Limits and wording shared by every consumer channel."""
 
-    max_text_chars: int = 2000
+    max_text_chars: int = 5000
     max_user_chars: int = 64
     hotline: str = "12378"
     service_name: str = "蚌埠银行保险消保小助手"
@@ -93,6 +94,66 @@ class LogConfig:
     SECRETS: ClassVar[tuple[str, ...]] = ()
 
 
+WECHAT_MODES = ("plain", "compatible", "safe")
+WECHAT_AES_KEY_CHARS = 43
+
+
+@dataclass(frozen=True)
+class WechatConfig:
+    """The WeChat Official Account channel; on when XIAOBAO_WECHAT_TOKEN is set."""
+
+    path: str = "/wechat"
+    mode: str = "compatible"
+    reply_budget_seconds: float = 4.0
+    max_body_bytes: int = 16384
+    api_base_url: str = "https://api.weixin.qq.com"
+    menu: tuple[str, ...] = (
+        "问一问=topics", "防诈骗=check", "投诉与帮助/我要投诉=complaint",
+        "投诉与帮助/查进度=status", "投诉与帮助/使用帮助=help",
+    )
+    token: str = field(default="", repr=False)
+    app_id: str = ""
+    aes_key: str = field(default="", repr=False)
+    app_secret: str = field(default="", repr=False)
+
+    SECRETS: ClassVar[tuple[str, ...]] = ("token", "app_id", "aes_key", "app_secret")
+
+    @property
+    def enabled(self) -> bool:
+        """The channel is mounted only when the server token is configured."""
+        return bool(self.token)
+
+    @property
+    def can_decrypt(self) -> bool:
+        """Safe-mode requests can be answered only with both the app id and the AES key."""
+        return self.mode != "plain" and bool(self.app_id and self.aes_key)
+
+
+TELEGRAM_SECRET_CHARS = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
+)
+
+
+@dataclass(frozen=True)
+class TelegramConfig:
+    """The Telegram bot; on when XIAOBAO_TELEGRAM_TOKEN is set, polling unless webhook_url is."""
+
+    base_url: str = "https://api.telegram.org/bot"
+    webhook_url: str = ""
+    webhook_path: str = "/telegram"
+    poll_timeout: int = 30
+    max_retries: int = 3
+    token: str = field(default="", repr=False)
+    webhook_secret: str = field(default="", repr=False)
+
+    SECRETS: ClassVar[tuple[str, ...]] = ("token", "webhook_secret")
+
+    @property
+    def enabled(self) -> bool:
+        """The channel starts only when a bot token is configured."""
+        return bool(self.token)
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole validated configuration, passed explicitly to whatever needs it."""
@@ -104,6 +165,8 @@ class Config:
     complaints: ComplaintsConfig = field(default_factory=ComplaintsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     # Channel sections (telegram, wechat) are added below this line by their adapters.
+    telegram: TelegramConfig = field(default_factory=TelegramConfig)
+    wechat: WechatConfig = field(default_factory=WechatConfig)
 
     def replace(self, **sections: Any) -> Config:
         """Return a copy with some sections' keys changed (tests and tools use this)."""
@@ -131,6 +194,8 @@ def env_name(section: str, key: str) -> str:
 
 def _coerce(raw: Any, wanted: type, where: str, from_env: bool) -> Any:
     """Check (and, for environment strings, parse) one value against its declared type."""
+    if wanted == tuple[str, ...]:
+        return _string_list(raw, where, from_env)
     if from_env:
         text = raw.strip()
         if wanted is bool:
@@ -166,6 +231,15 @@ def _coerce(raw: Any, wanted: type, where: str, from_env: bool) -> Any:
     if not isinstance(raw, str):
         raise ConfigError(f"{where}: expected a string, got {raw!r}")
     return raw
+
+
+def _string_list(raw: Any, where: str, from_env: bool) -> tuple[str, ...]:
+    """A TOML array of strings, or a comma-separated environment value, as a tuple."""
+    if from_env:
+        return tuple(item.strip() for item in raw.split(",") if item.strip())
+    if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
+        raise ConfigError(f"{where}: expected a list of strings, got {raw!r}")
+    return tuple(raw)
 
 
 def build_config(
@@ -217,6 +291,72 @@ def _check_values(config: Config) -> None:
         raise ConfigError("knowledge.answer_threshold: must be between 0 and 1")
     if config.log.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"log.level: unknown level {config.log.level!r}")
+    _check_wechat(config.wechat)
+    _check_telegram(config.telegram)
+
+
+def _check_telegram(telegram: TelegramConfig) -> None:
+    """Stop start-up on a Telegram setting that would only fail once updates arrive."""
+    secret = env_name("telegram", "webhook_secret")
+    for key in ("base_url", "webhook_url"):
+        value = getattr(telegram, key)
+        if (value or key == "base_url") and not value.startswith(("https://", "http://")):
+            raise ConfigError(f"telegram.{key}: must be an http:// or https:// address")
+    if not telegram.webhook_path.startswith("/"):
+        raise ConfigError(f"telegram.webhook_path: must start with /, "
+                          f"got {telegram.webhook_path!r}")
+    if telegram.poll_timeout < 0 or telegram.max_retries < 0:
+        raise ConfigError("telegram.poll_timeout and telegram.max_retries must not be negative")
+    if telegram.webhook_url and not telegram.webhook_secret:
+        raise ConfigError(f"{secret}: telegram.webhook_url is set, so the webhook secret "
+                          "(telegram.webhook_secret) is required")
+    webhook_secret = telegram.webhook_secret
+    if webhook_secret and not (
+        len(webhook_secret) <= 256 and set(webhook_secret) <= TELEGRAM_SECRET_CHARS
+    ):
+        raise ConfigError(f"{secret}: 1-256 characters of A-Z, a-z, 0-9, _ and - only")
+
+
+def _check_wechat(wechat: WechatConfig) -> None:
+    """Stop start-up on a WeChat setting that would only fail once messages arrive."""
+    if wechat.mode not in WECHAT_MODES:
+        raise ConfigError(f"wechat.mode: expected one of {', '.join(WECHAT_MODES)}, "
+                          f"got {wechat.mode!r}")
+    if not wechat.path.startswith("/"):
+        raise ConfigError(f"wechat.path: must start with /, got {wechat.path!r}")
+    if not 0.0 < wechat.reply_budget_seconds < 5.0:
+        raise ConfigError("wechat.reply_budget_seconds: must be above 0 and below WeChat's 5")
+    if wechat.max_body_bytes < 1024:
+        raise ConfigError("wechat.max_body_bytes: must be at least 1024")
+    if not wechat.api_base_url.startswith(("https://", "http://")):
+        raise ConfigError("wechat.api_base_url: must be an http:// or https:// address")
+    for item in wechat.menu:
+        label, equals, action = item.partition("=")
+        if not equals or not label.strip("/ ") or not action.strip():
+            raise ConfigError(f"wechat.menu: {item!r} is not \"label=action\" "
+                              "(or \"group/label=action\")")
+    app_id, aes_key = env_name("wechat", "app_id"), env_name("wechat", "aes_key")
+    if wechat.aes_key and len(wechat.aes_key) != WECHAT_AES_KEY_CHARS:
+        raise ConfigError(f"{aes_key}: the EncodingAESKey has {WECHAT_AES_KEY_CHARS} "
+                          f"characters, got {len(wechat.aes_key)}")
+    if wechat.aes_key and not _is_aes_key(wechat.aes_key):
+        raise ConfigError(f"{aes_key}: not a valid EncodingAESKey (letters and digits only)")
+    if wechat.mode != "plain" and bool(wechat.app_id) != bool(wechat.aes_key):
+        missing = aes_key if wechat.app_id else app_id
+        raise ConfigError(f"{missing}: wechat.mode {wechat.mode!r} needs both {app_id} and "
+                          f"{aes_key} (or set wechat.mode = \"plain\")")
+    if wechat.mode == "safe" and wechat.token and not wechat.aes_key:
+        raise ConfigError(f"{aes_key}: wechat.mode \"safe\" needs {app_id} and {aes_key}")
+    if wechat.app_secret and not wechat.app_id:
+        raise ConfigError(f"{app_id}: {env_name('wechat', 'app_secret')} needs the app id")
+
+
+def _is_aes_key(aes_key: str) -> bool:
+    """True when the key decodes (with WeChat's one "=" of padding) to 32 bytes."""
+    try:
+        return len(base64.b64decode(aes_key + "=", validate=True)) == 32
+    except ValueError:
+        return False
 
 
 def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:

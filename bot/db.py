@@ -55,15 +55,19 @@ def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
 
 
 def create_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncEngine:
-    """Create the service's async engine for an operator-supplied URL."""
+    """Create the service's async engine for an operator-supplied URL.
+
+    Statement parameters (names, phone numbers) are hidden from logs and error messages.
+    """
     target = async_url(url)
     if target.get_backend_name() == "sqlite":
         _ensure_sqlite_folder(target)
-        engine = create_async_engine(target, echo=echo)
+        engine = create_async_engine(target, echo=echo, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", _tune_sqlite)
         return engine
     return create_async_engine(
-        target, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+        target, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+        hide_parameters=True,
     )
 
 

@@ -13,15 +13,24 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot import complaint_records as records
 from bot import texts
+from bot.complaint_dialogue import ComplaintDialogue, DialogueTurn
+from bot.complaint_status import ComplaintStatus
 from bot.config import ChatConfig
 from bot.messages import Button, Incoming, Reply
 from bot.models import UnansweredQuestion
 from bot.privacy import redact
 from bot.state import load_state, save_state
-from classifiers.intent import Intent, detect_intent, strip_scam_question
+from classifiers.intent import (
+    Intent,
+    complaint_story,
+    detect_intent,
+    strip_scam_question,
+)
 from classifiers.scam import ScamChecker, looks_like_pasted_message
 from knowledge.base import Entry
 from knowledge.index import KnowledgeIndex
@@ -61,6 +70,10 @@ def numbered_choice(turn: Turn) -> str | None:
     return None
 
 
+def _dialogue(turn: Turn) -> DialogueTurn:
+    return DialogueTurn(turn.session, turn.state, turn.incoming.channel, turn.incoming.user_id)
+
+
 def _label(text: str) -> str:
     return text if len(text) <= MAX_BUTTON_LABEL else text[: MAX_BUTTON_LABEL - 1] + "…"
 
@@ -74,11 +87,15 @@ class Engine:
         knowledge: KnowledgeIndex,
         chat: ChatConfig,
         scam: ScamChecker,
+        complaints: ComplaintDialogue,
+        status: ComplaintStatus,
     ) -> None:
         self._sessions = sessions
         self.knowledge = knowledge
         self.chat = chat
         self.scam = scam
+        self.complaints = complaints
+        self.status = status
         self._actions: dict[str, Handler] = {
             "start": self._greet,
             "menu": self._menu,
@@ -87,13 +104,18 @@ class Engine:
             "check": self._ask_for_message,
             "check-pending": self._check_pending,
             "answer-pending": self._answer_pending,
-            "complaint": self._complaint_unavailable,
-            "status": self._status_unavailable,
+            "complaint": self._complaint_start,
+            "status": self._status_list,
+            "cancel": self._cancel,
         }
         self._prefixed: dict[str, Callable[[Turn, str], Awaitable[list[Reply]]]] = {
             "kb": self._answer_entry,
             "group": self._topic_group,
             "topic": self._topic_entries,
+            "cx": lambda turn, arg: self.complaints.on_action(_dialogue(turn), f"cx:{arg}"),
+            "status": lambda turn, arg: self.status.ask(_dialogue(turn), arg),
+            "withdraw": lambda turn, arg: self.status.withdraw(_dialogue(turn), arg, False),
+            "withdraw-yes": lambda turn, arg: self.status.withdraw(_dialogue(turn), arg, True),
         }
         self._intents: dict[Intent, Handler] = {
             Intent.GREETING: self._greet,
@@ -101,22 +123,34 @@ class Engine:
             Intent.HELP: self._help,
             Intent.THANKS: self._thanks,
             Intent.CANCEL: self._cancel,
-            Intent.COMPLAINT: self._complaint_unavailable,
+            Intent.COMPLAINT: self._complaint_start,
             Intent.SCAM_CHECK: self._scam_check_intent,
-            Intent.STATUS: self._status_unavailable,
+            Intent.STATUS: self._status_text,
             Intent.INJECTION: self._injection,
             Intent.QUESTION: self._question,
         }
 
     async def handle(self, incoming: Incoming) -> list[Reply]:
-        """Answer one message or button press, persisting the user's state."""
-        async with self._sessions() as session, session.begin():
-            state = await load_state(session, incoming.channel, incoming.user_id)
-            turn = Turn(session=session, state=state, incoming=incoming)
-            replies = await self.handle_turn(turn)
-            state["turns"] = int(state.get("turns", 0)) + 1
-            await save_state(session, incoming.channel, incoming.user_id, state)
-        return replies
+        """Answer one message or button press, persisting the user's state.
+
+        Replies are returned only after the transaction commits, so a consumer never sees
+        a tracking number for a complaint that was not stored.  A turn that loses a race
+        (a double-clicked confirmation, say) is run once more against the winner's data.
+        """
+        for attempt in range(2):
+            try:
+                async with self._sessions() as session, session.begin():
+                    state = await load_state(session, incoming.channel, incoming.user_id)
+                    turn = Turn(session=session, state=state, incoming=incoming)
+                    replies = await self.handle_turn(turn)
+                    state["turns"] = int(state.get("turns", 0)) + 1
+                    await save_state(session, incoming.channel, incoming.user_id, state)
+                return replies
+            except IntegrityError:
+                if attempt:
+                    raise
+                log.info("turn conflicted with a concurrent one; running it again")
+        raise AssertionError("unreachable")
 
     async def handle_turn(self, turn: Turn) -> list[Reply]:
         """Dispatch one message and remember the buttons offered, for numbered replies."""
@@ -143,10 +177,21 @@ class Engine:
         if not text:
             return [Reply(texts.empty_message(), texts.MENU_BUTTONS)]
         intent = detect_intent(text)
-        if turn.state.get("mode") == "scam-check" and intent not in LEAVE_MODE_INTENTS:
+        mode = turn.state.get("mode")
+        if mode == "complaint":
+            if intent is Intent.CANCEL:
+                return await self.complaints.on_action(_dialogue(turn), "cx:cancel")
+            if intent not in LEAVE_MODE_INTENTS:
+                return await self.complaints.on_text(_dialogue(turn), text)
+        if mode == "status-verify" and intent not in LEAVE_MODE_INTENTS:
+            return await self.status.verify(_dialogue(turn), text)
+        if mode == "scam-check" and intent not in LEAVE_MODE_INTENTS:
             turn.state.pop("mode", None)
             return self._check(text)
         turn.state.pop("mode", None)
+        tracking_no = records.parse_tracking_no(text)
+        if tracking_no is not None and (mode == "status" or len(text) <= 40):
+            return await self.status.ask(_dialogue(turn), tracking_no)
         if intent is Intent.QUESTION and looks_like_pasted_message(text):
             return self._offer_check(turn, text)
         return await self._intents[intent](turn)
@@ -156,7 +201,13 @@ class Engine:
         return [Reply(texts.greeting(self.chat.service_name), texts.MENU_BUTTONS)]
 
     async def _menu(self, turn: Turn) -> list[Reply]:
-        return [Reply("请选择您需要的服务，或直接打字问我：", texts.MENU_BUTTONS)]
+        for key in ("mode", "pending_check", "verify"):
+            turn.state.pop(key, None)
+        replies = [Reply("请选择您需要的服务，或直接打字问我：", texts.MENU_BUTTONS)]
+        if await self.complaints.draft(_dialogue(turn)) is not None:
+            replies.append(Reply("您还有一份没填完的投诉，需要时点“继续填写投诉”。",
+                                 (Button("继续填写投诉", "cx:resume"),)))
+        return replies
 
     async def _help(self, turn: Turn) -> list[Reply]:
         return [Reply(texts.help_text(self.chat.hotline), texts.MENU_BUTTONS)]
@@ -254,9 +305,21 @@ class Engine:
         )
 
     async def _cancel(self, turn: Turn) -> list[Reply]:
-        turn.state.pop("mode", None)
-        turn.state.pop("pending_check", None)
+        if turn.state.get("mode") == "complaint":
+            return await self.complaints.on_action(_dialogue(turn), "cx:cancel")
         return await self._menu(turn)
+
+    # -- complaints --------------------------------------------------------------------
+    async def _complaint_start(self, turn: Turn) -> list[Reply]:
+        story = complaint_story(turn.incoming.text or "")
+        return await self.complaints.start(_dialogue(turn), story)
+
+    async def _status_list(self, turn: Turn) -> list[Reply]:
+        return await self.status.ask(_dialogue(turn), None)
+
+    async def _status_text(self, turn: Turn) -> list[Reply]:
+        return await self.status.ask(_dialogue(turn),
+                                     records.parse_tracking_no(turn.incoming.text or ""))
 
     # -- "is this a scam?" -------------------------------------------------------------
     async def _ask_for_message(self, turn: Turn) -> list[Reply]:
@@ -311,12 +374,3 @@ class Engine:
             buttons.append(Button(_label(f"了解：{entry.title}"), f"kb:{entry.id}"))
         buttons += [Button("再查一条", "check"), texts.BACK_TO_MENU]
         return [Reply("\n\n".join(parts), tuple(buttons))]
-
-    # -- features delivered by later work ----------------------------------------------
-
-    async def _complaint_unavailable(self, turn: Turn) -> list[Reply]:
-        return [Reply(texts.not_available("在线投诉", self.chat.hotline),
-                      (Button("投诉渠道和流程", "topic:complaint-process"), texts.BACK_TO_MENU))]
-
-    async def _status_unavailable(self, turn: Turn) -> list[Reply]:
-        return [Reply(texts.not_available("查投诉进度", self.chat.hotline), (texts.BACK_TO_MENU,))]

@@ -9,13 +9,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Integer, String, Text
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 def utcnow() -> datetime:
     """Timezone-aware now, the only clock the models use."""
     return datetime.now(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored moment is UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class Base(DeclarativeBase):
@@ -76,3 +81,92 @@ class SharedSecretCache(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ComplaintDraft(Base):
+    """A complaint being filled in: one per user and channel, deleted on submit or cancel.
+
+    Kept apart from the conversation state so unconfirmed personal data can be purged
+    with one statement when drafts expire.
+    """
+
+    __tablename__ = "complaint_drafts"
+
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    draft_key: Mapped[str] = mapped_column(String(32))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
+                                                 index=True)
+
+
+class Complaint(Base):
+    """A confirmed complaint, in the queue of the institution (or association) handling it."""
+
+    __tablename__ = "complaints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tracking_no: Mapped[str] = mapped_column(String(20), unique=True)
+    confirmation_key: Mapped[str] = mapped_column(String(200), unique=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    user_id: Mapped[str] = mapped_column(String(128), index=True)
+    queue_id: Mapped[str] = mapped_column(String(32), index=True)
+    institution_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    sector: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    business: Mapped[str] = mapped_column(String(32))
+    cause: Mapped[str] = mapped_column(String(32))
+    story: Mapped[str] = mapped_column(Text)
+    occurred: Mapped[str] = mapped_column(String(200))
+    wish: Mapped[str] = mapped_column(String(500))
+    name: Mapped[str] = mapped_column(String(60))
+    phone: Mapped[str] = mapped_column(String(20), index=True)
+    id_number: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    relationship: Mapped[str] = mapped_column(String(16))
+    consent_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(20), default="received", index=True)
+    risk: Mapped[bool] = mapped_column(default=False, index=True)
+    risk_reasons: Mapped[list[str]] = mapped_column(JSON, default=list)
+    agent_led: Mapped[bool] = mapped_column(default=False)
+    agent_reasons: Mapped[list[str]] = mapped_column(JSON, default=list)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    deadline_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    deadline_days: Mapped[int] = mapped_column(Integer, default=15)
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    outcome: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class ComplaintEvent(Base):
+    """One entry of a complaint's append-only history: who did what, when."""
+
+    __tablename__ = "complaint_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    complaint_id: Mapped[int] = mapped_column(ForeignKey("complaints.id"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    actor: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Notification(Base):
+    """Outbox row: written in the same transaction as the event that causes it.
+
+    A dispatcher delivers rows to the queue's staff channels with retries; the
+    idempotency key lets a retry never double-post where the channel allows.
+    """
+
+    __tablename__ = "notifications"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    idempotency_key: Mapped[str] = mapped_column(String(120), unique=True)
+    queue_id: Mapped[str] = mapped_column(String(32), index=True)
+    complaint_id: Mapped[int | None] = mapped_column(ForeignKey("complaints.id"), nullable=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

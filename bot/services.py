@@ -14,9 +14,12 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot import db, texts
+from bot.complaint_dialogue import ComplaintDialogue
+from bot.complaint_status import ComplaintStatus
 from bot.config import Config
 from bot.engine import Engine
 from classifiers.scam import ScamChecker, build_scam_checker
+from classifiers.triage import Triage, build_triage
 from knowledge.base import DEFAULT_DATA_DIR, KnowledgeBase
 from knowledge.index import KnowledgeIndex, KnowledgeSource
 from knowledge.text import DEFAULT_LEXICON_DIR
@@ -31,6 +34,7 @@ class Services:
     sessions: async_sessionmaker[AsyncSession]
     knowledge: KnowledgeIndex
     scam: ScamChecker
+    triage: Triage
     chat: Engine
 
 
@@ -63,13 +67,19 @@ async def open_services(config: Config, knowledge: KnowledgeIndex | None = None)
         build_scam_checker, knowledge_source(config).cache_dir,
         scam_advice(knowledge.matcher.base_),
     )
+    triage = await asyncio.to_thread(build_triage, knowledge_source(config).cache_dir)
+    complaints = ComplaintDialogue(triage, knowledge, config.chat, config.complaints)
+    async with sessions() as session, session.begin():
+        await complaints.purge_expired(session)
     return Services(
         config=config,
         engine=engine,
         sessions=sessions,
         knowledge=knowledge,
         scam=scam,
-        chat=Engine(sessions, knowledge, config.chat, scam),
+        triage=triage,
+        chat=Engine(sessions, knowledge, config.chat, scam, complaints,
+                    ComplaintStatus(triage.directory)),
     )
 
 

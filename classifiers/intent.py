@@ -67,7 +67,8 @@ def detect_intent(text: str) -> Intent:
             return intent
     if _INJECTION.search(text):
         return Intent.INJECTION
-    if len(squashed) <= 20 and _COMPLAINT.search(squashed):
+    if _COMPLAINT.search(squashed) and (len(squashed) <= 20 or squashed.startswith(
+            ("我要投诉", "我想投诉", "我要举报", "我想举报"))):
         return Intent.COMPLAINT
     if len(squashed) <= 20 and _STATUS.search(squashed):
         return Intent.STATUS
@@ -82,3 +83,10 @@ def strip_scam_question(text: str) -> str:
     """What is left of "…这是不是诈骗" once the question itself is removed (the message)."""
     remainder = _SCAM_CHECK.sub("", unicodedata.normalize("NFKC", text))
     return remainder.strip(" \t\r\n，,。.？?！!～~")
+
+
+def complaint_story(text: str) -> str:
+    """The story in "我要投诉工行乱扣年费…" (the words after the request to complain)."""
+    stripped = unicodedata.normalize("NFKC", text).strip()
+    remainder = re.sub(r"^(我)?(要|想|想要|需要)?(投诉|举报|反映问题)(一下)?", "", stripped)
+    return remainder.strip(" \t\r\n，,。.：:！!")

@@ -8,7 +8,7 @@ from bot import db
 
 EXPECTED_TABLES = {
     "conversations", "unanswered_questions", "alembic_version", "processed_deliveries",
-    "shared_secret_cache",
+    "shared_secret_cache", "complaint_drafts", "complaints", "complaint_events", "notifications",
 }
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from bot.engine import Engine
 from bot.messages import Incoming
 from bot.models import Conversation, UnansweredQuestion
 from bot.services import open_services
@@ -75,13 +74,6 @@ async def test_unknown_action_falls_back_to_the_menu(services):
     assert "topics" in actions(replies)
 
 
-async def test_features_not_built_yet_say_so_plainly(services):
-    for action in ("complaint", "status"):
-        replies = await services.chat.handle(Incoming("web", "u1", action=action))
-        assert "还在建设中" in said(replies)
-        assert "12378" in said(replies)
-
-
 async def test_state_survives_a_new_engine_on_the_same_database(config, knowledge_index):
     first = await open_services(config, knowledge_index)
     await first.chat.handle(Incoming("web", "alice", text="你好"))
@@ -89,7 +81,7 @@ async def test_state_survives_a_new_engine_on_the_same_database(config, knowledg
     await first.engine.dispose()
 
     second = await open_services(config, knowledge_index)
-    fresh = Engine(second.sessions, knowledge_index, config.chat, second.scam)
+    fresh = second.chat
     await fresh.handle(Incoming("web", "alice", text="谢谢"))
     async with second.sessions() as session:
         row = await session.get(Conversation, ("web", "alice"))

@@ -52,7 +52,7 @@ async def test_chat_accepts_a_button_action(client):
         json.dumps({"user": 5, "text": "你好"}).encode(),
         json.dumps({"user": "u", "text": ""}).encode(),
         json.dumps({"user": "u", "text": "   "}).encode(),
-        json.dumps({"user": "u", "text": "长" * 2001}).encode(),
+        json.dumps({"user": "u", "text": "长" * 5001}).encode(),
         json.dumps({"user": "u", "text": 12}).encode(),
         json.dumps({"user": "u"}).encode(),
         json.dumps({"user": "u", "text": "a", "action": "menu"}).encode(),

@@ -42,7 +42,7 @@ FACTORS = (1, 10, 100)
 SEED = 1
 # Per size: how often every query is timed (rounds) or how many are timed, and how many
 # of the same queries BM25 answers (its rank-bm25 scoring is pure Python per document).
-ROUNDS = {1: 5, 10: 2}
+ROUNDS = {1: 5, 10: 3, 100: 3}
 MATCHER_SAMPLE = {100: 300}
 BM25_SAMPLE = {1: None, 10: 100, 100: 20}
 DEFAULT_BM25_SAMPLE = 20
@@ -173,7 +173,7 @@ def prepare_base(factor: int, work: Path, seed: int) -> tuple[Path, float]:
 
 # -- measurements --------------------------------------------------------------------------
 def measure_size(factor: int, work: Path, seed: int, queries: list[str],
-                 items: list[dict[str, Any]]) -> dict[str, Any]:
+                 items: list[dict[str, Any]], keep: bool = False) -> dict[str, Any]:
     """Build, then serve, the base ×factor, each in a fresh process."""
     load_average = os.getloadavg()
     data_dir, written = prepare_base(factor, work, seed)
@@ -190,13 +190,15 @@ def measure_size(factor: int, work: Path, seed: int, queries: list[str],
         f"BM25 on {plan['bm25_queries']}")
     serve = run_worker("serve", data_dir, cache_dir, "--plan", str(plan_file),
                        "--processes", str(os.cpu_count() or 1))
-    if factor > 1:
-        shutil.rmtree(data_dir, ignore_errors=True)
-    shutil.rmtree(cache_dir, ignore_errors=True)
+    if not keep:  # a ×100 base and its index take about 400 MB of disk
+        if factor > 1:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        shutil.rmtree(cache_dir, ignore_errors=True)
     matcher_ns: list[int] = serve["matcher"].pop("per_query_ns")
     bm25_ns: list[int] = serve.get("bm25", {}).pop("per_query_ns", [])
     figures: dict[str, Any] = {"factor": factor, "synthetic_write_seconds": written,
-                               "queries": len(plan["queries"]), "load_average": load_average,
+                               "queries": len(plan["queries"]), "rounds": plan["rounds"],
+                               "load_average": load_average,
                                "build": build, **serve}
     if bm25_ns:
         # Ratios on the very same queries (the first len(bm25_ns) of the matcher's round 1).
@@ -323,19 +325,23 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     checks: list[dict[str, Any]] = []
 
     def add(name: str, measured: float | None, limit: float, higher_is_better: bool,
-            unit: str) -> None:
+            unit: str, note: str = "") -> None:
         if measured is None:
             return
         ok = measured >= limit if higher_is_better else measured < limit
         checks.append({"target": name, "measured": measured, "limit": limit, "unit": unit,
-                       "met": ok})
+                       "met": ok, "note": note})
+
+    def best_of_rounds(size: dict[str, Any]) -> str:
+        best = size["matcher"]["latency_best_of_rounds"]["p99_ms"]
+        return f"(p99 of each query's best of {size['rounds']} rounds: {best:.2f} ms)"
 
     real = sizes.get(1)
     if real:
         add("median latency at x1 < 1 ms", real["matcher"]["latency"]["median_ms"],
             TARGETS["median_ms_x1"], False, "ms")
         add("p99 latency at x1 < 5 ms", real["matcher"]["latency"]["p99_ms"],
-            TARGETS["p99_ms_x1"], False, "ms")
+            TARGETS["p99_ms_x1"], False, "ms", best_of_rounds(real))
         accuracy = real.get("matcher_accuracy")
         if accuracy:
             add("top-1 topic accuracy >= 90%", accuracy["top1"], TARGETS["top1"], True, "")
@@ -348,7 +354,7 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     big = sizes.get(100)
     if big:
         add("p99 latency at x100 < 15 ms", big["matcher"]["latency"]["p99_ms"],
-            TARGETS["p99_ms_x100"], False, "ms")
+            TARGETS["p99_ms_x100"], False, "ms", best_of_rounds(big))
         ratio = big.get("bm25_over_matcher")
         if ratio:
             add("x100: >= 20x faster than BM25 (median)", ratio["median"],
@@ -396,9 +402,11 @@ def render(report: dict[str, Any]) -> str:
     row("peak RSS serving (load + queries)", each(("peak_rss_mb",), lambda v: _num(v, " MB", 0)))
     row("matcher latency median", each(("matcher", "latency", "median_ms"), _ms))
     row("matcher latency p99", each(("matcher", "latency", "p99_ms"), _ms))
+    row("  p99 of each query's best round", each(("matcher", "latency_best_of_rounds",
+                                                  "p99_ms"), _ms))
     row("  of which normalise+tokenise, median", each(("matcher", "tokenize_latency",
                                                        "median_ms"), _ms))
-    row("  timings (queries x rounds)", each(("matcher", "latency", "n"), lambda v: _num(v)))
+    row("  queries x rounds timed", [f"{s['queries']} x {s['rounds']}" for s in sizes])
     row("BM25 latency median", each(("bm25", "latency", "median_ms"), _ms))
     row("BM25 latency p99", each(("bm25", "latency", "p99_ms"), _ms))
     row("  BM25 queries timed", each(("bm25", "latency", "n"), lambda v: _num(v)))
@@ -466,7 +474,8 @@ def render(report: dict[str, Any]) -> str:
         unit = check["unit"]
         value = (f"{check['measured']:.1%}" if unit == "" else
                  f"{check['measured']:.2f} {unit}")
-        out.append(f"  {_verdict(check['met']):7}{check['target']:66}{value:>9}")
+        out.append(f"  {_verdict(check['met']):7}{check['target']:66}{value:>9}"
+                   + (f"  {check['note']}" if check["note"] else ""))
     out.append(f"total benchmark time {report['total_seconds']:.0f} s; figures written to "
                f"{report['output']}")
     return "\n".join(out)
@@ -505,7 +514,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["jsonl"] = measure_jsonl(work, cold.pop("cache_dir"), queries, args.seed)
             report["cold_start"] = cold
         for factor in factors:
-            report["sizes"].append(measure_size(factor, work, args.seed, queries, items))
+            report["sizes"].append(measure_size(factor, work, args.seed, queries, items,
+                                                keep=args.keep is not None))
     report["targets"] = check_targets(report)
     report["total_seconds"] = time.monotonic() - started
     output: Path = args.output

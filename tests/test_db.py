@@ -9,6 +9,8 @@ from bot import db
 EXPECTED_TABLES = {
     "conversations", "unanswered_questions", "alembic_version", "processed_deliveries",
     "shared_secret_cache", "complaint_drafts", "complaints", "complaint_events", "notifications",
+    "staff_users", "staff_sessions", "staff_invites", "audit_log", "queue_channels",
+    "notification_attempts", "link_codes", "consumer_messages",
 }
 
 

@@ -94,6 +94,27 @@ class LogConfig:
     SECRETS: ClassVar[tuple[str, ...]] = ()
 
 
+SECURE_COOKIE_MODES = ("auto", "always", "never")
+
+
+@dataclass(frozen=True)
+class StaffConfig:
+    """The staff dashboard: sign-in sessions, lock-out and the one-time links it prints."""
+
+    session_hours: int = 8
+    max_failed_logins: int = 5
+    lockout_minutes: int = 15
+    secure_cookies: str = "auto"
+    public_url: str = ""
+    invite_hours: int = 72
+
+    SECRETS: ClassVar[tuple[str, ...]] = ()
+
+    def base_url(self, http: HttpConfig) -> str:
+        """Where staff reach the service: public_url, else the address `serve` listens on."""
+        return (self.public_url or f"http://{http.host}:{http.port}").rstrip("/")
+
+
 WECHAT_MODES = ("plain", "compatible", "safe")
 WECHAT_AES_KEY_CHARS = 43
 
@@ -164,6 +185,7 @@ class Config:
     knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
     complaints: ComplaintsConfig = field(default_factory=ComplaintsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    staff: StaffConfig = field(default_factory=StaffConfig)
     # Channel sections (telegram, wechat) are added below this line by their adapters.
     telegram: TelegramConfig = field(default_factory=TelegramConfig)
     wechat: WechatConfig = field(default_factory=WechatConfig)
@@ -293,6 +315,19 @@ def _check_values(config: Config) -> None:
         raise ConfigError(f"log.level: unknown level {config.log.level!r}")
     _check_wechat(config.wechat)
     _check_telegram(config.telegram)
+    _check_staff(config.staff)
+
+
+def _check_staff(staff: StaffConfig) -> None:
+    """Stop start-up on a dashboard setting that would lock everyone out or leak cookies."""
+    for key in ("session_hours", "max_failed_logins", "lockout_minutes", "invite_hours"):
+        if getattr(staff, key) < 1:
+            raise ConfigError(f"staff.{key}: must be at least 1")
+    if staff.secure_cookies not in SECURE_COOKIE_MODES:
+        raise ConfigError(f"staff.secure_cookies: expected one of "
+                          f"{', '.join(SECURE_COOKIE_MODES)}, got {staff.secure_cookies!r}")
+    if staff.public_url and not staff.public_url.startswith(("https://", "http://")):
+        raise ConfigError("staff.public_url: must be an http:// or https:// address")
 
 
 def _check_telegram(telegram: TelegramConfig) -> None:

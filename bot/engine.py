@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -22,7 +23,7 @@ from bot.complaint_dialogue import ComplaintDialogue, DialogueTurn
 from bot.complaint_status import ComplaintStatus
 from bot.config import ChatConfig
 from bot.messages import Button, Incoming, Reply
-from bot.models import UnansweredQuestion
+from bot.models import Complaint, ConsumerMessage, UnansweredQuestion, utcnow
 from bot.privacy import redact
 from bot.state import load_state, save_state
 from classifiers.intent import (
@@ -153,9 +154,30 @@ class Engine:
         raise AssertionError("unreachable")
 
     async def handle_turn(self, turn: Turn) -> list[Reply]:
-        """Dispatch one message and remember the buttons offered, for numbered replies."""
-        replies = await self._dispatch(turn)
+        """Dispatch one message and remember the buttons offered, for numbered replies.
+
+        Staff replies not yet delivered to this consumer (channels that cannot push) come
+        first, so nothing staff said is ever missed.
+        """
+        waiting = await self._staff_messages(turn)
+        replies = waiting + await self._dispatch(turn)
         turn.state["buttons"] = [b.action for reply in replies for b in reply.buttons]
+        return replies
+
+    async def _staff_messages(self, turn: Turn) -> list[Reply]:
+        rows = (await turn.session.execute(
+            select(ConsumerMessage, Complaint.tracking_no)
+            .join(Complaint, Complaint.id == ConsumerMessage.complaint_id)
+            .where(ConsumerMessage.channel == turn.incoming.channel,
+                   ConsumerMessage.user_id == turn.incoming.user_id,
+                   ConsumerMessage.delivered_at.is_(None))
+            .order_by(ConsumerMessage.id)
+        )).all()
+        replies = []
+        for message, tracking_no in rows:
+            message.delivered_at = utcnow()
+            replies.append(Reply(f"📮 关于您的投诉 {tracking_no}，机构回复：\n{message.text}",
+                                 (Button("查看投诉进度", f"status:{tracking_no}"),)))
         return replies
 
     async def _dispatch(self, turn: Turn) -> list[Reply]:

@@ -43,6 +43,7 @@ class Institution:
     kind: str
     aliases: tuple[str, ...]
     hotline: str | None = None
+    branches: int | None = None  # outlets in the city, where the directory gives them
 
     @property
     def is_association(self) -> bool:
@@ -61,6 +62,17 @@ class Mention:
 
 def _fold(text: str) -> str:
     return unicodedata.normalize("NFKC", text).lower()
+
+
+def _branches(raw: dict[str, object], path: Path) -> int | None:
+    """The optional `branches:` count of one entry: a positive whole number, or absent."""
+    value = raw.get("branches")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{path}: {raw['id']} has branches {value!r}; expected a positive "
+                         "whole number")
+    return value
 
 
 class Directory:
@@ -96,6 +108,7 @@ class Directory:
                 sector=raw["sector"], kind=raw.get("kind", "institution"),
                 aliases=tuple(str(a) for a in raw.get("aliases", ())),
                 hotline=str(raw["hotline"]) if raw.get("hotline") else None,
+                branches=_branches(raw, path),
             ))
         return cls(institutions, document.get("ambiguous", {}))
 

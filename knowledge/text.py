@@ -139,7 +139,10 @@ class TextProcessor:
             freq, total = self._tokenizer.gen_pfdict(io.BytesIO(listing.encode("utf-8")))
             self._tokenizer.FREQ, self._tokenizer.total = freq, total
             self._tokenizer.initialized = True
-        variants = sorted(lexicon.synonyms, key=len, reverse=True)
+        # Canonical terms map to themselves so that the longest match wins: "工商银行"
+        # stays whole instead of its "工商" being expanded again.
+        self._replacements = {**{c: c for c in lexicon.synonyms.values()}, **lexicon.synonyms}
+        variants = sorted(self._replacements, key=len, reverse=True)
         self._synonym_pattern = (
             re.compile("|".join(re.escape(v) for v in variants)) if variants else None
         )
@@ -165,7 +168,7 @@ class TextProcessor:
             text = self._converter.convert(text)
         text = _SPACE.sub(" ", text).strip()
         if self._synonym_pattern is not None:
-            text = self._synonym_pattern.sub(lambda m: self.lexicon.synonyms[m.group(0)], text)
+            text = self._synonym_pattern.sub(lambda m: self._replacements[m.group(0)], text)
         return text
 
     def words(self, normalized: str) -> list[str]:

@@ -347,3 +347,20 @@ async def test_the_whole_dialogue_works_in_the_terminal(services):
     await run_chat(services.chat, "term-user", read=lambda _p: next(lines), write=shown.append)
     transcript = "\n".join(shown)
     assert "投诉已提交" in transcript and parse_tracking_no(transcript)
+
+
+async def test_a_staff_reply_is_shown_at_the_consumers_next_message(client):
+    from bot.models import ConsumerMessage
+    from bot.services import SERVICES
+
+    chat = Chat(client)
+    await chat.file_until_summary()
+    tracking_no = parse_tracking_no(await chat.press("确认提交"))
+    [complaint] = await _complaints(client)
+    async with client.app[SERVICES].sessions() as session, session.begin():
+        session.add(ConsumerMessage(complaint_id=complaint.id, channel="web",
+                                    user_id=chat.user, text="您好，年费已为您退回。"))
+    first = await chat.send("你好")
+    assert "年费已为您退回" in first and tracking_no in first
+    again = await chat.send("你好")
+    assert "年费已为您退回" not in again  # shown once

@@ -71,6 +71,18 @@ def numbered_choice(turn: Turn) -> str | None:
     return None
 
 
+def _clean(text: str | None) -> str | None:
+    if text is None:
+        return None
+    return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
+
+
+def _storable(incoming: Incoming) -> Incoming:
+    """The message with characters no database can store replaced."""
+    return replace(incoming, user_id=_clean(incoming.user_id) or "?",
+                   text=_clean(incoming.text), action=_clean(incoming.action))
+
+
 def _dialogue(turn: Turn) -> DialogueTurn:
     return DialogueTurn(turn.session, turn.state, turn.incoming.channel, turn.incoming.user_id)
 
@@ -134,10 +146,14 @@ class Engine:
     async def handle(self, incoming: Incoming) -> list[Reply]:
         """Answer one message or button press, persisting the user's state.
 
+        Text that cannot be stored (lone surrogates from a JSON escape, NUL bytes) is
+        made safe first, whatever channel it came from.
+
         Replies are returned only after the transaction commits, so a consumer never sees
         a tracking number for a complaint that was not stored.  A turn that loses a race
         (a double-clicked confirmation, say) is run once more against the winner's data.
         """
+        incoming = _storable(incoming)
         for attempt in range(2):
             try:
                 async with self._sessions() as session, session.begin():

@@ -25,7 +25,7 @@ def mobile_number(text: str) -> str:
     """A mainland mobile number: 11 digits starting 13-19 (spaces, dashes, +86 allowed)."""
     digits = re.sub(r"[\s\-()（）]", "", _plain(text))
     digits = re.sub(r"^(\+?86)", "", digits)
-    if not re.fullmatch(r"1[3-9]\d{9}", digits):
+    if not re.fullmatch(r"1[3-9][0-9]{9}", digits):
         raise Invalid("手机号码应该是11位数字，以1开头，比如 13812345678。请再输入一次：")
     return digits
 
@@ -33,7 +33,7 @@ def mobile_number(text: str) -> str:
 def id_number(text: str) -> str:
     """An 18-character resident ID number with a valid GB 11643 check character."""
     value = _plain(text).upper().replace(" ", "")
-    if not re.fullmatch(r"\d{17}[\dX]", value):
+    if not re.fullmatch(r"[0-9]{17}[0-9X]", value):
         raise Invalid("身份证号码应该是18位（最后一位可能是X）。请再输入一次，或点“跳过”：")
     total = sum(int(d) * w for d, w in zip(value[:17], ID_WEIGHTS, strict=True))
     if ID_CHECK[total % 11] != value[-1]:
@@ -44,7 +44,7 @@ def id_number(text: str) -> str:
 def person_name(text: str) -> str:
     """A name as people write it: 1–30 characters, no digits."""
     value = _plain(text)
-    if not value or len(value) > 30 or re.search(r"\d", value):
+    if not value or len(value) > 30 or re.search(r"\d", value) or not value.isprintable():
         raise Invalid("请输入您的姓名（不要带数字），比如：张桂兰")
     return value
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,8 @@ BM25_SAMPLE = {1: None, 10: 100, 100: 20}
 DEFAULT_BM25_SAMPLE = 20
 WARM_RUNS = 3
 JSONL_QUESTIONS = 1000
+CODE_FOLDERS = ("knowledge", "classifiers", "bot")  # matcher, its classifier, the CLI
+CODE_SUFFIXES = frozenset({".py", ".yaml", ".txt", ".toml", ".jsonl"})
 COLD_START_QUESTION = "有人打电话说能帮我全额退保，靠谱吗"
 
 # The issue's targets (issue 3, "Targets").
@@ -80,17 +84,16 @@ def _xiaobao() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "bot.cli"]
 
 
+@dataclass(frozen=True)
 class ChildResult:
     """What a timed child process did: output, exit code, wall time, peak RSS."""
 
-    def __init__(self, stdout: str, stderr: str, code: int, first_line_seconds: float,
-                 wall_seconds: float, peak_rss_mb: float) -> None:
-        self.stdout = stdout
-        self.stderr = stderr
-        self.code = code
-        self.first_line_seconds = first_line_seconds
-        self.wall_seconds = wall_seconds
-        self.peak_rss_mb = peak_rss_mb
+    stdout: str
+    stderr: str
+    code: int
+    first_line_seconds: float
+    wall_seconds: float
+    peak_rss_mb: float
 
     def check(self, what: str) -> ChildResult:
         """Raise with the child's stderr when it failed."""
@@ -188,8 +191,16 @@ def measure_size(factor: int, work: Path, seed: int, queries: list[str],
     log(f"x{factor}: {build['entries']} entries indexed in {build['fit_seconds']:.1f} s; "
         f"timing {len(plan['queries'])} queries x {plan['rounds']}, "
         f"BM25 on {plan['bm25_queries']}")
-    serve = run_worker("serve", data_dir, cache_dir, "--plan", str(plan_file),
-                       "--processes", str(os.cpu_count() or 1))
+    serve_args = ("--plan", str(plan_file), "--processes", str(os.cpu_count() or 1))
+    serve = run_worker("serve", data_dir, cache_dir, *serve_args)
+    retried = not serve["cache_hit"]
+    if retried:
+        # The cache key covers the matcher's code: someone edited it since the build step.
+        # This serve refitted and stored the index, so the next one starts from the cache.
+        log(f"x{factor}: cache miss (knowledge code changed during the run); serving again")
+        serve = run_worker("serve", data_dir, cache_dir, *serve_args)
+        if not serve["cache_hit"]:
+            raise RuntimeError("the knowledge index cache missed twice; is the code changing?")
     if not keep:  # a ×100 base and its index take about 400 MB of disk
         if factor > 1:
             shutil.rmtree(data_dir, ignore_errors=True)
@@ -197,6 +208,7 @@ def measure_size(factor: int, work: Path, seed: int, queries: list[str],
     matcher_ns: list[int] = serve["matcher"].pop("per_query_ns")
     bm25_ns: list[int] = serve.get("bm25", {}).pop("per_query_ns", [])
     figures: dict[str, Any] = {"factor": factor, "synthetic_write_seconds": written,
+                               "serve_retried_after_cache_miss": retried,
                                "queries": len(plan["queries"]), "rounds": plan["rounds"],
                                "load_average": load_average,
                                "build": build, **serve}
@@ -275,6 +287,8 @@ def measure_jsonl(work: Path, cache_dir: Path, queries: list[str], seed: int) ->
     result = run_child([*_xiaobao(), "ask", "--jsonl"], stdin_path=questions, env=env)
     result.check("xiaobao ask --jsonl")
     answers = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    if len(answers) != JSONL_QUESTIONS:
+        raise RuntimeError(f"xiaobao ask --jsonl answered {len(answers)} of {JSONL_QUESTIONS}")
     return {
         "questions": JSONL_QUESTIONS,
         "answers": len(answers),
@@ -283,6 +297,19 @@ def measure_jsonl(work: Path, cache_dir: Path, queries: list[str], seed: int) ->
         "questions_per_second": JSONL_QUESTIONS / result.wall_seconds,
         "peak_rss_mb": result.peak_rss_mb,
     }
+
+
+def code_fingerprints() -> dict[str, str]:
+    """Per folder, a hash of the code and data the figures depend on (others edit them)."""
+    hashes = {}
+    for folder in CODE_FOLDERS:
+        digest = hashlib.sha256()
+        for path in sorted((ROOT / folder).rglob("*")):
+            if path.suffix in CODE_SUFFIXES and path.is_file():
+                digest.update(str(path.relative_to(ROOT)).encode())
+                digest.update(path.read_bytes())
+        hashes[folder] = digest.hexdigest()[:16]
+    return hashes
 
 
 def environment() -> dict[str, Any]:
@@ -469,6 +496,16 @@ def render(report: dict[str, Any]) -> str:
                    f"{jsonl['wall_seconds']:.2f} s wall incl. start-up, "
                    f"{jsonl['questions_per_second']:.0f} questions/s, {jsonl['answered']} "
                    f"answered, peak RSS {jsonl['peak_rss_mb']:.0f} MB")
+    retried = [f"x{s['factor']}" for s in sizes if s["serve_retried_after_cache_miss"]]
+    changed = [folder for folder in report["code_changed_during_run"]
+               if folder != "bot" or "cold_start" in report]
+    if changed or retried:
+        out += ["", "WARNING: " + ", ".join(f"{folder}/" for folder in changed)
+                + " changed during this run (other people are editing)"
+                + (f"; the serve step of {', '.join(retried)} missed the index cache and was "
+                   "run again" if retried else "")
+                + ("; matcher figures may mix code versions" if {"knowledge", "classifiers"}
+                   & set(changed) else "; bot/ affects only the xiaobao ask figures")]
     out += ["", "targets (issue 3)"]
     for check in report["targets"]:
         unit = check["unit"]
@@ -503,6 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "environment": environment(),
         "seed": args.seed,
         "queries": {"source": str(EVAL_FILE.relative_to(ROOT)), "texts": len(queries)},
+        "code_fingerprints": code_fingerprints(),
         "targets_from_issue": TARGETS,
         "sizes": [],
     }
@@ -516,6 +554,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for factor in factors:
             report["sizes"].append(measure_size(factor, work, args.seed, queries, items,
                                                 keep=args.keep is not None))
+    after = code_fingerprints()
+    report["code_changed_during_run"] = [
+        folder for folder, digest in report["code_fingerprints"].items() if after[folder] != digest
+    ]
     report["targets"] = check_targets(report)
     report["total_seconds"] = time.monotonic() - started
     output: Path = args.output

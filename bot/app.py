@@ -11,8 +11,11 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from bot import deadlines
 from bot.config import Config
+from bot.notifications import service as notifications
 from bot.services import SERVICES, open_services
+from handlers import dashboard as staff_dashboard
 from handlers import telegram as telegram_channel
 from handlers import web as web_channel
 from handlers import wechat as wechat_channel
@@ -30,7 +33,10 @@ def create_app(config: Config, knowledge: KnowledgeIndex | None = None) -> web.A
         await services.engine.dispose()
 
     app.cleanup_ctx.append(services_ctx)
+    deadlines.setup(app, config)
     web_channel.setup(app)
     telegram_channel.setup(app, config)
     wechat_channel.setup(app, config)
+    staff_dashboard.setup(app, config)
+    notifications.setup(app, config)  # after telegram: it sends with the running bot
     return app

@@ -72,6 +72,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         PID_FILE.parent.mkdir(parents=True, exist_ok=True)
         PID_FILE.write_text(str(os.getpid()))
         print(f"xiaobao is serving on http://{config.http.host}:{config.http.port}", flush=True)
+        link = await _first_admin_link(app[SERVICES].sessions, config)
+        if link:
+            print("xiaobao: no administrator can sign in yet. Open this one-time link to set "
+                  f"the password of the account \"admin\":\n{link}", flush=True)
 
     async def on_cleanup(app: web.Application) -> None:
         PID_FILE.unlink(missing_ok=True)
@@ -356,6 +360,187 @@ def cmd_wechat_push_menu(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- oversight reports ---------------------------------------------------------------------
+def cmd_report_quarterly(args: argparse.Namespace) -> int:
+    """The quarter's complaints per institution, top three per sector and the other figures."""
+    from bot import db
+    from bot.reports import ReportError, check_period, quarterly_report, render
+    from classifiers.institutions import Directory
+
+    try:
+        check_period(args.year, args.quarter)
+    except ReportError as error:
+        raise UsageError(str(error)) from None
+    config = _config(args)
+
+    async def main() -> str:
+        if config.database.auto_migrate:
+            await db.upgrade(config.database.url)
+        engine = db.create_engine(config.database.url)
+        try:
+            async with db.create_sessionmaker(engine)() as session:
+                report = await quarterly_report(session, Directory.load(), args.year,
+                                                args.quarter, sectors=args.sector)
+        finally:
+            await engine.dispose()
+        return render(report, args.format)
+
+    sys.stdout.write(asyncio.run(main()))
+    return 0
+
+
+# -- staff accounts ------------------------------------------------------------------------
+async def _first_admin_link(sessions: Any, config: Config) -> str | None:
+    """On a fresh install, the one-time link for the first admin (never a password)."""
+    from bot.staff_accounts import AccountError, StaffAccounts, invite_link
+
+    try:
+        async with sessions() as session, session.begin():
+            token = await StaffAccounts(config.staff).first_admin_token(session)
+    except AccountError as error:
+        logging.getLogger("xiaobao").warning("no first-admin link: %s", error)
+        return None
+    return None if token is None else invite_link(config.staff.base_url(config.http), token)
+
+
+def _staff_transaction(config: Config, work: Callable[..., Any]) -> Any:
+    """Run `work(session, accounts, directory)` in one committed transaction."""
+    from bot import db
+    from bot.staff_accounts import StaffAccounts
+    from classifiers.institutions import Directory
+
+    async def main() -> Any:
+        if config.database.auto_migrate:
+            await db.upgrade(config.database.url)
+        engine = db.create_engine(config.database.url)
+        try:
+            async with db.create_sessionmaker(engine)() as session, session.begin():
+                return await work(session, StaffAccounts(config.staff), Directory.load())
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(main())
+
+
+def _print_invite(config: Config, username: str, token: str) -> None:
+    from bot.staff_accounts import invite_link
+
+    print(f"one-time link for {username} to set a password "
+          f"(valid {config.staff.invite_hours} hours, works once):")
+    print(invite_link(config.staff.base_url(config.http), token))
+
+
+def cmd_staff_add(args: argparse.Namespace) -> int:
+    """Create a dashboard account and print its one-time set-password link."""
+    from bot.staff_accounts import AccountError, check_role
+    from classifiers.institutions import Directory
+
+    config = _config(args)
+    try:  # refuse a wrong role or queue before touching the database
+        check_role(Directory.load(), args.role, args.queue)
+    except AccountError as error:
+        raise UsageError(str(error)) from None
+
+    async def work(session: Any, accounts: Any, directory: Any) -> tuple[str, str]:
+        user = await accounts.create_user(session, directory, args.username, args.role,
+                                          args.queue, args.name)
+        return user.username, await accounts.issue_invite(session, user)
+
+    try:
+        username, token = _staff_transaction(config, work)
+    except AccountError as error:
+        raise UsageError(str(error)) from None
+    print(f"created {args.role} account {username}")
+    _print_invite(config, username, token)
+    return 0
+
+
+def cmd_staff_invite(args: argparse.Namespace) -> int:
+    """Print a fresh one-time set-password link for an existing account."""
+    from bot.staff_accounts import AccountError
+
+    config = _config(args)
+
+    async def work(session: Any, accounts: Any, directory: Any) -> tuple[str, str]:
+        user = await accounts.find_user(session, args.username)
+        if user is None or not user.active:
+            raise AccountError(f"no active account named {args.username!r}")
+        return user.username, await accounts.issue_invite(session, user)
+
+    try:
+        username, token = _staff_transaction(config, work)
+    except AccountError as error:
+        raise UsageError(str(error)) from None
+    _print_invite(config, username, token)
+    return 0
+
+
+# -- notifications and Telegram links ------------------------------------------------------
+def _in_transaction(config: Config, work: Callable[[Any], Any]) -> Any:
+    """Run `await work(session)` in one committed transaction on the configured database."""
+    from bot import db
+
+    async def main() -> Any:
+        if config.database.auto_migrate:
+            await db.upgrade(config.database.url)
+        engine = db.create_engine(config.database.url)
+        try:
+            async with db.create_sessionmaker(engine)() as session, session.begin():
+                return await work(session)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(main())
+
+
+def cmd_staff_link_code(args: argparse.Namespace) -> int:
+    """Print a one-time code that links a Telegram chat to a queue (/link CODE there)."""
+    from bot.notifications.links import issue_code
+    from classifiers.institutions import Directory
+
+    config = _config(args)
+    queue = Directory.load().get(args.queue_id)
+    if queue is None:
+        raise UsageError(f"unknown queue id {args.queue_id!r} (an institution id such as "
+                         "icbc, or assoc-bank / assoc-insurance)")
+    code = _in_transaction(config, lambda session: issue_code(session, queue.id))
+    print(code.code)
+    print(f'send "/link {code.code}" in the Telegram group (or private chat) to link it to '
+          f"{queue.id}; works once, until {code.expires_at:%Y-%m-%d %H:%M} UTC")
+    return 0
+
+
+def cmd_notifications_status(args: argparse.Namespace) -> int:
+    """Outbox rows by status, and the dead ones (tracking numbers only, no personal data)."""
+    from bot.notifications import outbox
+
+    config = _config(args)
+
+    async def work(session: Any) -> tuple[dict[str, int], list[Any]]:
+        return await outbox.status_counts(session), await outbox.dead_rows(session, args.limit)
+
+    counts, dead = _in_transaction(config, work)
+    print("notifications: " + ", ".join(f"{status} {count}" for status, count in counts.items()))
+    if dead:
+        print("dead notifications (xiaobao notifications retry-dead sends them again):")
+    for row in dead:
+        tracking_no = str((row.payload or {}).get("tracking_no", "-"))
+        print(f"  #{row.id} {row.kind} queue {row.queue_id} {tracking_no} "
+              f"after {row.attempts} attempts: {row.last_error or '-'}")
+    return 0
+
+
+def cmd_notifications_retry_dead(args: argparse.Namespace) -> int:
+    """Give every dead notification a fresh set of attempts (channels that had it keep it)."""
+    from bot.models import utcnow
+    from bot.notifications import outbox
+
+    count = _in_transaction(_config(args),
+                            lambda session: outbox.retry_dead(session, utcnow()))
+    print(f"{count} dead notification(s) queued again")
+    return 0
+
+
 # -- wiring --------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The command-line grammar."""
@@ -409,6 +594,50 @@ def build_parser() -> argparse.ArgumentParser:
     push_menu.add_argument("--print", action="store_true",
                            help="print the menu as WeChat will get it; publish nothing")
     push_menu.set_defaults(func=cmd_wechat_push_menu)
+
+    staff = commands.add_parser("staff", help="staff dashboard accounts")
+    staff_commands = staff.add_subparsers(dest="staff_command", required=True,
+                                          parser_class=_Parser)
+    staff_add = staff_commands.add_parser(
+        "add", help="create an account and print its one-time set-password link")
+    staff_add.add_argument("username")
+    staff_add.add_argument("--role", required=True,
+                           help="institution, association, regulator or admin")
+    staff_add.add_argument("--queue", help="queue id: the institution (e.g. icbc) for "
+                           "institution staff, assoc-bank or assoc-insurance for associations")
+    staff_add.add_argument("--name", help="display name (default: the username)")
+    staff_add.set_defaults(func=cmd_staff_add)
+    staff_invite = staff_commands.add_parser(
+        "invite", help="print a new one-time set-password link for an existing account")
+    staff_invite.add_argument("username")
+    staff_invite.set_defaults(func=cmd_staff_invite)
+    link_code = staff_commands.add_parser(
+        "link-code", help="print a one-time code that links a Telegram chat to a queue")
+    link_code.add_argument("queue_id", help="e.g. icbc, assoc-bank")
+    link_code.set_defaults(func=cmd_staff_link_code)
+
+    notifications = commands.add_parser("notifications", help="staff notification outbox")
+    notification_commands = notifications.add_subparsers(
+        dest="notifications_command", required=True, parser_class=_Parser)
+    status = notification_commands.add_parser(
+        "status", help="counts by status and the dead notifications")
+    status.add_argument("--limit", type=int, default=50, help="dead rows to list")
+    status.set_defaults(func=cmd_notifications_status)
+    notification_commands.add_parser(
+        "retry-dead", help="send the dead notifications again").set_defaults(
+        func=cmd_notifications_retry_dead)
+
+    report = commands.add_parser("report", help="oversight reports")
+    report_commands = report.add_subparsers(dest="report_command", required=True,
+                                            parser_class=_Parser)
+    quarterly = report_commands.add_parser(
+        "quarterly", help="complaints per institution and top three per sector of a quarter")
+    quarterly.add_argument("--year", type=int, required=True, help="e.g. 2026")
+    quarterly.add_argument("--quarter", type=int, required=True, help="1, 2, 3 or 4")
+    quarterly.add_argument("--format", choices=("text", "csv", "json"), default="text")
+    quarterly.add_argument("--sector", action="append", choices=("bank", "life", "property"),
+                           help="only this sector (repeatable; default: all)")
+    quarterly.set_defaults(func=cmd_report_quarterly)
     return parser
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -92,6 +93,23 @@ class LogConfig:
     level: str = "INFO"
 
     SECRETS: ClassVar[tuple[str, ...]] = ()
+
+
+@dataclass(frozen=True)
+class DeadlinesConfig:
+    """The deadline scheduler: due-soon and overdue notices, escalation to the association."""
+
+    enabled: bool = True
+    interval_seconds: float = 300.0
+    due_soon_days: int = 3
+
+    SECRETS: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        if self.interval_seconds <= 0:
+            raise ConfigError("deadlines.interval_seconds: must be above 0")
+        if self.due_soon_days < 1:
+            raise ConfigError("deadlines.due_soon_days: must be at least 1")
 
 
 SECURE_COOKIE_MODES = ("auto", "always", "never")
@@ -175,6 +193,54 @@ class TelegramConfig:
         return bool(self.token)
 
 
+NOTIFICATION_KINDS = ("wecom", "telegram", "email")
+_EMAIL_TARGET = re.compile(r"[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+")
+_TELEGRAM_TARGET = re.compile(r"-?\d{1,20}|@[A-Za-z][A-Za-z0-9_]{4,31}")
+_WECOM_TARGET = re.compile(r"https?://[^\s]+[?&]key=[\w-]+[^\s]*|[\w-]{8,}")
+
+
+@dataclass(frozen=True)
+class NotificationsConfig:
+    """Staff notifications: the outbox dispatcher, its channels' limits and static targets."""
+
+    enabled: bool = True
+    poll_seconds: float = 2.0
+    max_attempts: int = 10
+    backoff_base_seconds: float = 10.0
+    backoff_max_seconds: float = 1800.0
+    lease_seconds: float = 300.0
+    send_timeout_seconds: float = 15.0
+    wecom_base_url: str = "https://qyapi.weixin.qq.com"
+    wecom_per_minute: int = 20
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_starttls: bool = True
+    smtp_username: str = ""
+    smtp_from: str = ""
+    channels: tuple[str, ...] = ()
+    smtp_password: str = field(default="", repr=False)
+
+    SECRETS: ClassVar[tuple[str, ...]] = ("smtp_password",)
+
+    def queue_channels(self) -> tuple[tuple[str, str, str], ...]:
+        """The static channels as (queue_id, kind, target); ConfigError names a bad item."""
+        parsed = []
+        for item in self.channels:
+            queue_id, _, rest = item.partition("=")
+            kind, _, target = rest.partition(":")
+            queue_id, kind, target = queue_id.strip(), kind.strip(), target.strip()
+            shapes = {"wecom": _WECOM_TARGET, "telegram": _TELEGRAM_TARGET,
+                      "email": _EMAIL_TARGET}
+            if not queue_id or kind not in shapes or not shapes[kind].fullmatch(target):
+                raise ConfigError(
+                    f"notifications.channels: {item!r} is not \"queue=kind:target\" with kind "
+                    f"{', '.join(NOTIFICATION_KINDS)} (a robot address with key=, a chat id "
+                    "or an e-mail address)"
+                )
+            parsed.append((queue_id, kind, target))
+        return tuple(parsed)
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole validated configuration, passed explicitly to whatever needs it."""
@@ -186,6 +252,8 @@ class Config:
     complaints: ComplaintsConfig = field(default_factory=ComplaintsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     staff: StaffConfig = field(default_factory=StaffConfig)
+    notifications: NotificationsConfig = field(default_factory=NotificationsConfig)
+    deadlines: DeadlinesConfig = field(default_factory=DeadlinesConfig)
     # Channel sections (telegram, wechat) are added below this line by their adapters.
     telegram: TelegramConfig = field(default_factory=TelegramConfig)
     wechat: WechatConfig = field(default_factory=WechatConfig)
@@ -316,6 +384,33 @@ def _check_values(config: Config) -> None:
     _check_wechat(config.wechat)
     _check_telegram(config.telegram)
     _check_staff(config.staff)
+    _check_notifications(config.notifications)
+
+
+def _check_notifications(notifications: NotificationsConfig) -> None:
+    """Stop start-up on a notification setting that would only fail when staff need it."""
+    for key in ("poll_seconds", "backoff_base_seconds", "lease_seconds",
+                "send_timeout_seconds"):
+        if getattr(notifications, key) <= 0:
+            raise ConfigError(f"notifications.{key}: must be above 0")
+    if notifications.max_attempts < 1 or notifications.wecom_per_minute < 1:
+        raise ConfigError("notifications.max_attempts and notifications.wecom_per_minute "
+                          "must be at least 1")
+    if notifications.backoff_max_seconds < notifications.backoff_base_seconds:
+        raise ConfigError("notifications.backoff_max_seconds: must not be below "
+                          "notifications.backoff_base_seconds")
+    if notifications.lease_seconds <= notifications.send_timeout_seconds * 2:
+        raise ConfigError("notifications.lease_seconds: must be more than twice "
+                          "notifications.send_timeout_seconds")
+    if not 0 < notifications.smtp_port < 65536:
+        raise ConfigError(f"notifications.smtp_port: {notifications.smtp_port} is not a TCP port")
+    if not notifications.wecom_base_url.startswith(("https://", "http://")):
+        raise ConfigError("notifications.wecom_base_url: must be an http:// or https:// address")
+    kinds = {kind for _, kind, _ in notifications.queue_channels()}
+    if "email" in kinds and not (notifications.smtp_host and notifications.smtp_from):
+        raise ConfigError("notifications.smtp_host: e-mail channels need smtp_host and smtp_from")
+    if notifications.smtp_from and not _EMAIL_TARGET.fullmatch(notifications.smtp_from):
+        raise ConfigError("notifications.smtp_from: must be a plain e-mail address")
 
 
 def _check_staff(staff: StaffConfig) -> None:

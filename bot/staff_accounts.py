@@ -253,9 +253,13 @@ class StaffAccounts:
             audit(session, "login-refused-locked", user.id, now=now)
             raise LoginRefused
         if not matches:
-            user.failed_logins += 1
+            # Counted in SQL, so parallel guesses cannot overwrite each other's failures.
+            failures = await session.scalar(
+                update(StaffUser).where(StaffUser.id == user.id)
+                .values(failed_logins=StaffUser.failed_logins + 1)
+                .returning(StaffUser.failed_logins))
             audit(session, "login-failed", user.id, now=now)
-            if user.failed_logins >= self.policy.max_failed_logins:
+            if (failures or 0) >= self.policy.max_failed_logins:
                 user.locked_until = now + timedelta(minutes=self.policy.lockout_minutes)
                 user.failed_logins = 0
                 audit(session, "locked-out", user.id, now=now)

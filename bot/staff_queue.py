@@ -8,48 +8,37 @@ masked phone numbers only; the unmasked contact exists on one page.
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.codes import ComplaintCodes
 from bot.complaint_dialogue import SHANGHAI
 from bot.complaint_records import STATUS_NAMES
 from bot.models import Complaint, ComplaintEvent, Notification, StaffUser, as_utc, utcnow
+from bot.notifications.render import TITLES
 from bot.privacy import mask_id_number, mask_phone
 from bot.staff_access import Scope
 from bot.staff_accounts import audit
 from bot.staff_actions import CLOSED, staff_id
-from classifiers.institutions import SPEC_FILE, Directory
+from classifiers.institutions import Directory
 
 DUE_SOON_DAYS = 3
 PAGE_SIZE = 50
+# Staff read shorter names than the consumer's status view (complaint_records.STATUS_NAMES).
+STATUS_LABELS = {
+    "received": "新投诉", "in_progress": "处理中", "awaiting_info": "待补充材料",
+    "resolved": "已办结", "withdrawn": "已撤回", "transferred": "已转交待认领",
+}
 EVENT_NAMES = {
     "received": "消费者提交投诉", "routed": "分派到队列", "risk-flagged": "标记为风险投诉",
     "agent-led-flagged": "疑似代理投诉", "claimed": "认领", "reply": "回复消费者",
     "info-requested": "要求补充材料", "deadline-extended": "延长处理时限", "resolved": "办结",
     "transferred": "转交", "withdrawn": "消费者撤回",
 }
-
-
-@dataclass(frozen=True)
-class Labels:
-    """Chinese names of business lines, causes and sectors (from complaints.toml)."""
-
-    business: dict[str, str]
-    cause: dict[str, str]
-    sector: dict[str, str]
-
-    @classmethod
-    def load(cls, path: Path = SPEC_FILE) -> Labels:
-        """Read the classification ids and names once."""
-        spec = tomllib.loads(path.read_text(encoding="utf-8"))
-        return cls(*({item["id"]: item["zh"] for item in spec[part]}
-                     for part in ("business", "cause", "sector")))
 
 
 @dataclass(frozen=True)
@@ -120,10 +109,16 @@ class DeadRow:
     id: int
     queue_name: str
     kind: str
+    kind_name: str
     tracking_no: str | None
     attempts: int
     last_error: str
     created_at: datetime
+
+
+def status_label(status: str) -> str:
+    """The staff name of a status (the consumer's wording if staff have none)."""
+    return STATUS_LABELS.get(status) or STATUS_NAMES.get(status, status)
 
 
 def days_left(deadline_at: datetime, now: datetime) -> int:
@@ -137,7 +132,8 @@ def is_overdue(complaint: Complaint, now: datetime) -> bool:
     return complaint.status not in CLOSED and as_utc(complaint.deadline_at) < now
 
 
-def _name(directory: Directory, queue_id: str | None, empty: str = "（未指明机构）") -> str:
+def queue_name(directory: Directory, queue_id: str | None, empty: str = "（未指明机构）") -> str:
+    """The directory name of a queue or institution id (the id if unknown)."""
     institution = directory.get(queue_id or "")
     return institution.name if institution else (queue_id or empty)
 
@@ -152,7 +148,7 @@ async def staff_names(session: AsyncSession, ids: set[int]) -> dict[int, str]:
 
 
 async def queue_page(session: AsyncSession, scope: Scope, chosen: QueueFilter,
-                     directory: Directory, labels: Labels, now: datetime | None = None
+                     directory: Directory, codes: ComplaintCodes, now: datetime | None = None
                      ) -> tuple[list[QueueRow], int]:
     """One page of the user's queue (earliest deadline first) and the total matching."""
     now = now or utcnow()
@@ -169,12 +165,12 @@ async def queue_page(session: AsyncSession, scope: Scope, chosen: QueueFilter,
         overdue = is_overdue(complaint, now)
         rows.append(QueueRow(
             tracking_no=complaint.tracking_no,
-            queue_name=_name(directory, complaint.queue_id),
-            institution_name=_name(directory, complaint.institution_id),
-            business=labels.business.get(complaint.business, complaint.business),
-            cause=labels.cause.get(complaint.cause, complaint.cause),
+            queue_name=queue_name(directory, complaint.queue_id),
+            institution_name=queue_name(directory, complaint.institution_id),
+            business=codes.business_name(complaint.business),
+            cause=codes.cause_name(complaint.cause),
             status=complaint.status,
-            status_name=STATUS_NAMES.get(complaint.status, complaint.status),
+            status_name=status_label(complaint.status),
             received_at=as_utc(complaint.received_at),
             deadline_at=as_utc(complaint.deadline_at),
             deadline_days=complaint.deadline_days,
@@ -227,7 +223,7 @@ async def export_record(session: AsyncSession, complaint: Complaint, user_id: in
     return {
         "tracking_no": complaint.tracking_no,
         "queue": complaint.queue_id,
-        "queue_name": _name(directory, complaint.queue_id),
+        "queue_name": queue_name(directory, complaint.queue_id),
         "institution": complaint.institution_id,
         "sector": complaint.sector,
         "business": complaint.business,
@@ -263,7 +259,8 @@ async def dead_notifications(session: AsyncSession, scope: Scope, directory: Dir
         .outerjoin(Complaint, Complaint.id == Notification.complaint_id)
         .where(Notification.status == "dead", scope.notifications())
         .order_by(Notification.id.desc()).limit(limit))
-    return [DeadRow(id=n.id, queue_name=_name(directory, n.queue_id), kind=n.kind,
+    return [DeadRow(id=n.id, queue_name=queue_name(directory, n.queue_id), kind=n.kind,
+                    kind_name=TITLES.get(n.kind, n.kind),
                     tracking_no=tracking_no, attempts=n.attempts,
                     last_error=(n.last_error or "")[:200], created_at=as_utc(n.created_at))
             for n, tracking_no in rows]

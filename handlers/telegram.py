@@ -13,6 +13,9 @@ The python-telegram-bot `Application` runs inside the service's own aiohttp appl
 (`setup` adds its cleanup context): in polling mode its updater fetches updates; in webhook
 mode it is built without an updater and the route at `telegram.webhook_path` checks
 Telegram's secret header in constant time and feeds `update_queue`.
+
+Staff commands in linked groups (/link, /queue, /unlink) are in `handlers.telegram_staff`;
+they are registered first so that they also work in private chats.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from telegram import (
     Bot,
     BotCommand,
+    BotCommandScopeAllGroupChats,
     BotCommandScopeAllPrivateChats,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
@@ -58,6 +62,7 @@ from bot.config import Config, TelegramConfig
 from bot.messages import Button, Incoming, Reply
 from bot.models import ProcessedDelivery
 from bot.services import SERVICES, Services
+from handlers.telegram_staff import STAFF_COMMANDS, StaffChat
 
 log = logging.getLogger(__name__)
 
@@ -368,6 +373,7 @@ def build_application(services: Services) -> Application:
     if telegram.webhook_url:
         builder = builder.updater(None)
     application = builder.build()
+    StaffChat(services).register(application)  # first: /link etc. also work in private
     ConsumerChat(services).register(application)
     return application
 
@@ -378,6 +384,8 @@ async def start_channel(application: Application, telegram: TelegramConfig) -> N
         [BotCommand(command.name, command.description) for command in COMMANDS],
         scope=BotCommandScopeAllPrivateChats(),
     )
+    await application.bot.set_my_commands(list(STAFF_COMMANDS),
+                                          scope=BotCommandScopeAllGroupChats())
     if telegram.webhook_url:
         await application.bot.set_webhook(
             telegram.webhook_url, secret_token=telegram.webhook_secret,

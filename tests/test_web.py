@@ -86,7 +86,12 @@ async def test_healthz_is_503_when_the_database_is_gone(aiohttp_client, config, 
     app = create_app(config, knowledge_index)
     client = await aiohttp_client(app)
     services = app[SERVICES]
-    await services.engine.dispose()
-    services.engine = db.create_engine("postgresql://nobody@127.0.0.1:1/none")
-    response = await client.get("/healthz")
-    assert response.status == 503
+    working, unreachable = services.engine, db.create_engine("postgresql://nobody@127.0.0.1:1/x")
+    services.engine = unreachable
+    try:
+        response = await client.get("/healthz")
+        assert response.status == 503
+    finally:
+        services.engine = working
+        await unreachable.dispose()
+    assert (await client.get("/healthz")).status == 200

@@ -161,7 +161,7 @@ def _run_batch(
 
 def cmd_ask(args: argparse.Namespace) -> int:
     """Answer questions from the knowledge base, as every channel would."""
-    from bot.services import knowledge_source
+    from bot.fitted import knowledge_source
     from knowledge.answer import ask_result, render_ask
     from knowledge.index import build_matcher
 
@@ -177,7 +177,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 
 def _scam_checker(config: Config) -> Any:
-    from bot.services import knowledge_source, scam_advice
+    from bot.fitted import knowledge_source, scam_advice
     from classifiers.scam import build_scam_checker
     from knowledge.index import build_matcher
 
@@ -219,7 +219,7 @@ def _render_check(result: dict[str, Any]) -> str:
 
 def cmd_triage(args: argparse.Namespace) -> int:
     """Classify and route complaint narratives (writes nothing)."""
-    from bot.services import knowledge_source
+    from bot.fitted import knowledge_source
     from classifiers.triage import build_triage
 
     config = _config(args)
@@ -249,7 +249,7 @@ def _render_triage(result: dict[str, Any]) -> str:
 # -- knowledge-base tools ------------------------------------------------------------------
 def cmd_kb_check(args: argparse.Namespace) -> int:
     """Validate the knowledge base; print every problem as file:line."""
-    from bot.services import knowledge_source
+    from bot.fitted import knowledge_source
     from knowledge.base import KnowledgeError, coverage, load_knowledge
 
     source = knowledge_source(_config(args))
@@ -286,7 +286,7 @@ def cmd_kb_reload(args: argparse.Namespace) -> int:
 
 def cmd_kb_eval(args: argparse.Namespace) -> int:
     """Accuracy and refusal figures of the matcher on a labelled question file."""
-    from bot.services import knowledge_source
+    from bot.fitted import knowledge_source
     from knowledge.evaluation import evaluate, read_eval_file, render_report
     from knowledge.index import build_matcher
 

@@ -8,21 +8,19 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from pathlib import Path
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from bot import db, texts
+from bot import db
 from bot.complaint_dialogue import ComplaintDialogue
 from bot.complaint_status import ComplaintStatus
 from bot.config import Config
 from bot.engine import Engine
+from bot.fitted import knowledge_source, scam_advice
 from classifiers.scam import ScamChecker, build_scam_checker
 from classifiers.triage import Triage, build_triage
-from knowledge.base import DEFAULT_DATA_DIR, KnowledgeBase
-from knowledge.index import KnowledgeIndex, KnowledgeSource
-from knowledge.text import DEFAULT_LEXICON_DIR
+from knowledge.index import KnowledgeIndex
 
 
 @dataclass
@@ -41,16 +39,6 @@ class Services:
 SERVICES = web.AppKey("services", Services)
 
 
-def knowledge_source(config: Config) -> KnowledgeSource:
-    """Where the knowledge index comes from, per configuration."""
-    knowledge = config.knowledge
-    return KnowledgeSource(
-        data_dir=Path(knowledge.data_dir) if knowledge.data_dir else DEFAULT_DATA_DIR,
-        lexicon_dir=Path(knowledge.lexicon_dir) if knowledge.lexicon_dir else DEFAULT_LEXICON_DIR,
-        threshold=knowledge.answer_threshold,
-        suggestions=knowledge.suggestion_count,
-        cache_dir=Path(knowledge.cache_dir) if knowledge.cache_dir else None,
-    )
 
 
 async def open_services(config: Config, knowledge: KnowledgeIndex | None = None) -> Services:
@@ -83,12 +71,3 @@ async def open_services(config: Config, knowledge: KnowledgeIndex | None = None)
     )
 
 
-def scam_advice(base: KnowledgeBase) -> dict[str, str]:
-    """Per scam type, what to do now, taken from that scam's knowledge entry."""
-    advice = {}
-    for scam_type, entry_id in texts.SCAM_ADVICE_ENTRIES.items():
-        entry = base.entry(entry_id)
-        if entry is not None and entry.next_steps:
-            steps = "\n".join(f"· {step}" for step in entry.next_steps)
-            advice[scam_type] = f"关于“{entry.title}”，您可以：\n{steps}"
-    return advice

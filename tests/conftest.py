@@ -18,7 +18,7 @@ from sqlalchemy import text
 
 from bot import db
 from bot.config import Config, build_config
-from bot.services import knowledge_source
+from bot.fitted import knowledge_source
 from knowledge.index import KnowledgeIndex
 
 POSTGRES_ENV = "XIAOBAO_TEST_POSTGRES_URL"

@@ -214,10 +214,10 @@ async def complaints_of(session: AsyncSession, channel: str, user_id: str,
 
 
 async def staff_replies(session: AsyncSession, complaint: Complaint) -> list[ComplaintEvent]:
-    """Replies staff addressed to the consumer, oldest first."""
+    """Replies and requests for information staff addressed to the consumer, oldest first."""
     return list((await session.scalars(
         select(ComplaintEvent).where(ComplaintEvent.complaint_id == complaint.id,
-                                     ComplaintEvent.kind == "reply")
+                                     ComplaintEvent.kind.in_(("reply", "info-requested")))
         .order_by(ComplaintEvent.id)
     )).all())
 

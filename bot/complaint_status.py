@@ -96,7 +96,8 @@ class ComplaintStatus:
             lines.append(f"处理时限：{as_utc(complaint.deadline_at).astimezone(SHANGHAI):%Y年%m月%d日}前"
                          f"（{complaint.deadline_days}日）")
         for reply in await records.staff_replies(turn.session, complaint):
-            lines.append(f"机构回复（{as_utc(reply.at).astimezone(SHANGHAI):%m月%d日}）："
+            heading = "机构请您补充" if reply.kind == "info-requested" else "机构回复"
+            lines.append(f"{heading}（{as_utc(reply.at).astimezone(SHANGHAI):%m月%d日}）："
                          f"{reply.detail.get('text', '')}")
         if complaint.outcome:
             lines.append(f"处理结果：{complaint.outcome}")

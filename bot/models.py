@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -251,6 +251,7 @@ class NotificationAttempt(Base):
     """One delivery attempt of an outbox row to one channel, kept for the dashboard."""
 
     __tablename__ = "notification_attempts"
+    __table_args__ = (Index("ix_notification_attempts_channel_at", "queue_channel_id", "at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     notification_id: Mapped[int] = mapped_column(ForeignKey("notifications.id"), index=True)

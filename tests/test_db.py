@@ -56,3 +56,18 @@ async def test_ping_reports_an_unreachable_database():
     engine = db.create_engine("postgresql://nobody@127.0.0.1:1/none")
     assert await db.ping(engine) is False
     await engine.dispose()
+
+
+async def test_migrations_match_the_models(database_url):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from bot.models import Base
+
+    await db.upgrade(database_url)
+    engine = db.create_engine(database_url)
+    async with engine.connect() as connection:
+        differences = await connection.run_sync(
+            lambda sync: compare_metadata(MigrationContext.configure(sync), Base.metadata))
+    await engine.dispose()
+    assert differences == []

@@ -11,11 +11,13 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from bot import deadlines
+from bot import deadlines, leadership
 from bot.config import Config
+from bot.limits import LIMITS, RateLimits
 from bot.notifications import service as notifications
 from bot.services import SERVICES, open_services
 from handlers import dashboard as staff_dashboard
+from handlers import oversight as oversight_pages
 from handlers import telegram as telegram_channel
 from handlers import web as web_channel
 from handlers import wechat as wechat_channel
@@ -25,6 +27,7 @@ from knowledge.index import KnowledgeIndex
 def create_app(config: Config, knowledge: KnowledgeIndex | None = None) -> web.Application:
     """The service's aiohttp application with every enabled channel mounted."""
     app = web.Application(client_max_size=config.http.max_body_bytes)
+    app[LIMITS] = RateLimits.from_config(config.limits)
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         services = await open_services(config, knowledge)
@@ -33,10 +36,11 @@ def create_app(config: Config, knowledge: KnowledgeIndex | None = None) -> web.A
         await services.engine.dispose()
 
     app.cleanup_ctx.append(services_ctx)
+    leadership.setup(app, config)  # before the schedulers and channels that wait on it
     deadlines.setup(app, config)
     web_channel.setup(app)
     telegram_channel.setup(app, config)
     wechat_channel.setup(app, config)
-    staff_dashboard.setup(app, config)
+    staff_dashboard.setup(app, config, extensions=(oversight_pages.setup,))
     notifications.setup(app, config)  # after telegram: it sends with the running bot
     return app

@@ -50,15 +50,28 @@ def _setup_logging(config: Config) -> None:
 
 # -- serve / chat / db ---------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the service until interrupted; SIGHUP reloads the knowledge base."""
+    """Run the service until interrupted; SIGHUP reloads the knowledge base.
+
+    With `--workers N` above 1 this process supervises N worker processes on one port
+    (`bot.workers`); each worker is this same command with the hidden `--worker NUMBER`.
+    """
     from aiohttp import web
 
     from bot.app import create_app
     from bot.services import SERVICES
 
     config = _config(args)
+    if args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    if args.workers > 1 and args.worker is None:
+        return _serve_workers(args, config)
     _setup_logging(config)
+    worker: int | None = args.worker
     app = create_app(config)
+    if worker is not None:
+        from bot.workers import exit_with_parent
+
+        exit_with_parent(app, os.getppid())
 
     async def on_startup(app: web.Application) -> None:
         loop = asyncio.get_running_loop()
@@ -69,22 +82,48 @@ def cmd_serve(args: argparse.Namespace) -> int:
             task.add_done_callback(_log_reload)
 
         loop.add_signal_handler(signal.SIGHUP, reload)
-        PID_FILE.parent.mkdir(parents=True, exist_ok=True)
-        PID_FILE.write_text(str(os.getpid()))
-        print(f"xiaobao is serving on http://{config.http.host}:{config.http.port}", flush=True)
-        link = await _first_admin_link(app[SERVICES].sessions, config)
+        address = f"http://{config.http.host}:{config.http.port}"
+        if worker is None:
+            PID_FILE.parent.mkdir(parents=True, exist_ok=True)
+            PID_FILE.write_text(str(os.getpid()))
+            print(f"xiaobao is serving on {address}", flush=True)
+        else:  # the supervisor owns the pid file
+            print(f"xiaobao worker {worker} (pid {os.getpid()}) is serving on {address}",
+                  flush=True)
+        link = await _first_admin_link(app[SERVICES].sessions, config) if (
+            worker is None or worker == 1) else None
         if link:
             print("xiaobao: no administrator can sign in yet. Open this one-time link to set "
                   f"the password of the account \"admin\":\n{link}", flush=True)
 
     async def on_cleanup(app: web.Application) -> None:
-        PID_FILE.unlink(missing_ok=True)
+        if worker is None:
+            PID_FILE.unlink(missing_ok=True)
 
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
     web.run_app(app, host=config.http.host, port=config.http.port, print=None,
-                access_log=None)
+                access_log=None, reuse_port=worker is not None)
     return 0
+
+
+def _serve_workers(args: argparse.Namespace, config: Config) -> int:
+    """Migrate once, then supervise `--workers` processes sharing the port (PostgreSQL)."""
+    from bot import db
+    from bot.workers import supervise
+
+    if db.async_url(config.database.url).get_backend_name() == "sqlite":
+        raise UsageError(f"--workers {args.workers} needs PostgreSQL: SQLite has a single "
+                         "writer, so serve one worker or set database.url to postgresql://")
+    _setup_logging(config)
+    if config.database.auto_migrate:
+        db.upgrade_sync(config.database.url)
+    command = [sys.executable, "-m", "bot.cli",
+               *(["--config", args.config] if args.config else []), "serve"]
+    environ = {**os.environ, "XIAOBAO_DATABASE_AUTO_MIGRATE": "false"}  # done just now
+    print(f"xiaobao: supervisor (pid {os.getpid()}) starting {args.workers} workers on "
+          f"http://{config.http.host}:{config.http.port}", flush=True)
+    return supervise(command, args.workers, PID_FILE, environ)
 
 
 def _log_reload(task: asyncio.Task[Any]) -> None:
@@ -548,7 +587,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="path of config.toml (default: ./config.toml)")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    commands.add_parser("serve", help="run the service").set_defaults(func=cmd_serve)
+    serve = commands.add_parser("serve", help="run the service")
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="worker processes sharing the port (above 1 needs PostgreSQL)")
+    serve.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by the supervisor
+    serve.set_defaults(func=cmd_serve)
     chat = commands.add_parser("chat", help="talk to the bot in the terminal")
     chat.add_argument("--user", default="console", help="conversation id (state is kept)")
     chat.set_defaults(func=cmd_chat)

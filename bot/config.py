@@ -112,6 +112,39 @@ class DeadlinesConfig:
             raise ConfigError("deadlines.due_soon_days: must be at least 1")
 
 
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Per-process rate limits on /api/chat, staff sign-in and WeChat users (docs/limits.md)."""
+
+    enabled: bool = True
+    trust_forwarded_for: bool = False
+    chat_per_user_per_minute: float = 60.0
+    chat_user_burst: int = 40
+    chat_per_address_per_minute: float = 1200.0
+    chat_address_burst: int = 400
+    login_per_address_per_minute: float = 30.0
+    login_address_burst: int = 20
+    login_per_username_per_minute: float = 10.0
+    login_username_burst: int = 10
+    wechat_per_user_per_minute: float = 60.0
+    wechat_user_burst: int = 40
+    max_tracked_keys: int = 100000
+
+    SECRETS: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("chat_per_user", "chat_per_address", "login_per_address",
+                     "login_per_username", "wechat_per_user"):
+            if getattr(self, f"{name}_per_minute") <= 0:
+                raise ConfigError(f"limits.{name}_per_minute: must be above 0")
+        for name in ("chat_user", "chat_address", "login_address", "login_username",
+                     "wechat_user"):
+            if getattr(self, f"{name}_burst") < 1:
+                raise ConfigError(f"limits.{name}_burst: must be at least 1")
+        if self.max_tracked_keys < 1:
+            raise ConfigError("limits.max_tracked_keys: must be at least 1")
+
+
 SECURE_COOKIE_MODES = ("auto", "always", "never")
 
 
@@ -254,6 +287,7 @@ class Config:
     staff: StaffConfig = field(default_factory=StaffConfig)
     notifications: NotificationsConfig = field(default_factory=NotificationsConfig)
     deadlines: DeadlinesConfig = field(default_factory=DeadlinesConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     # Channel sections (telegram, wechat) are added below this line by their adapters.
     telegram: TelegramConfig = field(default_factory=TelegramConfig)
     wechat: WechatConfig = field(default_factory=WechatConfig)

@@ -4,6 +4,11 @@ Operators write plain `sqlite:///path` or `postgresql://user@host/db` URLs; the 
 needs async drivers, SQLite tuned for a web service (WAL, a busy timeout) and a schema
 that Alembic keeps current.  All of that lives here so the rest of the code only ever
 sees an `AsyncEngine` and an `async_sessionmaker`.
+
+SQLite transactions begin IMMEDIATE: the write lock is taken at BEGIN, where the busy
+timeout makes concurrent writers queue, instead of at the first write, where a transaction
+whose snapshot is stale fails at once with "database is locked".  A connection run with
+`READ_ONLY` (as `ping` does) begins DEFERRED and never waits for a writer.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from sqlalchemy.ext.asyncio import (
 )
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
+# Execution options of a connection that only reads (on SQLite: BEGIN DEFERRED).
+READ_ONLY = {"xiaobao_read_only": True}
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
@@ -52,6 +59,14 @@ def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+    # The driver's own implicit BEGIN would be DEFERRED; `_begin_sqlite` emits ours instead.
+    dbapi_connection.isolation_level = None
+
+
+def _begin_sqlite(connection: Any) -> None:
+    """Take SQLite's write lock at BEGIN, so a busy writer is waited for, not failed."""
+    read_only = connection.get_execution_options().get("xiaobao_read_only", False)
+    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def create_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncEngine:
@@ -64,6 +79,7 @@ def create_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncE
         _ensure_sqlite_folder(target)
         engine = create_async_engine(target, echo=echo, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", _tune_sqlite)
+        event.listen(engine.sync_engine, "begin", _begin_sqlite)
         return engine
     return create_async_engine(
         target, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
@@ -80,6 +96,7 @@ async def ping(engine: AsyncEngine) -> bool:
     """True when the database answers a trivial query (used by /healthz)."""
     try:
         async with engine.connect() as connection:
+            await connection.execution_options(**READ_ONLY)
             await connection.execute(text("SELECT 1"))
     except Exception:  # noqa: BLE001 - any failure means "not healthy"
         return False

@@ -25,6 +25,7 @@ days) arms the warnings again.  Open means any status but "resolved" and "withdr
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.complaint_records import add_event, notification_payload
 from bot.config import ComplaintsConfig, Config, DeadlinesConfig
+from bot.leadership import while_leader
 from bot.models import Complaint, Notification, as_utc, utcnow
 from bot.reports import CLOSED_STATUSES
 from bot.services import SERVICES
@@ -173,9 +175,10 @@ def setup(app: web.Application, config: Config) -> None:
     async def scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
         """Start the sweep loop with the services; cancel it at shutdown."""
         services = app[SERVICES]
-        task = asyncio.create_task(run_forever(
-            services.sessions, services.triage.directory, config.deadlines,
-            config.complaints.dashboard_url))
+        sweeps = functools.partial(run_forever, services.sessions, services.triage.directory,
+                                   config.deadlines, config.complaints.dashboard_url)
+        # One worker sweeps: the leader (bot.leadership); another takes over if it dies.
+        task = asyncio.create_task(while_leader(app, sweeps, "deadline scheduler"))
         app[DEADLINE_TASK] = task
         yield
         task.cancel()

@@ -21,8 +21,9 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -42,6 +43,7 @@ from bot.codes import ComplaintCodes
 from bot.complaint_dialogue import SHANGHAI
 from bot.complaint_records import RELATIONSHIPS, STATUS_NAMES
 from bot.config import Config
+from bot.limits import limits_of, retry_after
 from bot.models import StaffUser, as_utc, utcnow
 from bot.services import SERVICES, Services
 from bot.staff_accounts import (
@@ -286,9 +288,31 @@ async def login_page(request: web.Request) -> web.StreamResponse:
     })
 
 
+async def _login_throttled(request: web.Request,
+                           form: Mapping[str, Any]) -> web.StreamResponse | None:
+    """The friendly 429 page when this address or username tries too often, else None."""
+    limits = limits_of(request)
+    username = _form_text(form, "username").strip().lower()[:64]
+    wait = limits.check((limits.login_address, limits.address(request)),
+                        (limits.login_username, username))
+    if not wait:
+        return None
+    minutes = max(1, math.ceil(wait / 60))
+    response = await _public_page(request, "staff/login.html", {
+        "next": _safe_next(_form_text(form, "next")), "notice": None,
+        "error": f"登录尝试过于频繁，请 {minutes} 分钟后再试。",
+        "username": _form_text(form, "username")[:64],
+    }, status=429)
+    response.headers["Retry-After"] = retry_after(wait)
+    return response
+
+
 async def login(request: web.Request) -> web.StreamResponse:
     """POST /staff/login: check the password (counting failures), open a session."""
     form = await request.post()
+    throttled = await _login_throttled(request, form)
+    if throttled is not None:
+        return throttled
     dashboard = _dashboard(request)
     user: StaffUser | None = None
     async with _services(request).sessions() as session, session.begin():
@@ -657,20 +681,39 @@ async def to_dashboard(request: web.Request) -> web.StreamResponse:
 
 # -- wiring --------------------------------------------------------------------------------
 def add_page(app: web.Application, path: str, handler: Handler, label: str | None = None,
-             roles: frozenset[str] = ALL_ROLES, name: str | None = None) -> None:
+             roles: frozenset[str] = ALL_ROLES, name: str | None = None,
+             method: str = "GET") -> None:
     """Let another module add a signed-in page (e.g. reports) and its navigation link.
 
     `path` is relative to /staff; the guard, security headers and `render` apply to it
-    like to every dashboard page.  Call before the application starts.
+    like to every dashboard page, and users of other roles get 404 (the page does not
+    exist for them).  Call from an extension passed to `setup`, before it mounts the
+    dashboard.
     """
     dashboard_app = app[DASHBOARD_APP]
-    dashboard_app.router.add_get(path, handler, name=name)
+    allowed = frozenset(roles)
+
+    async def gated(request: web.Request) -> web.StreamResponse:
+        """Another role's page is answered like a page that does not exist."""
+        if staff(request).role not in allowed:
+            raise web.HTTPNotFound()
+        return await handler(request)
+
+    if method == "GET":
+        dashboard_app.router.add_get(path, gated, name=name)
+    else:
+        dashboard_app.router.add_route(method, path, gated, name=name)
     if label is not None:
         dashboard_app[DASHBOARD].nav.append(NavItem(label, path, frozenset(roles)))
 
 
-def setup(app: web.Application, config: Config) -> web.Application:
-    """Mount the dashboard on the service's application at /staff/ and return it."""
+def setup(app: web.Application, config: Config,
+          extensions: Sequence[Callable[[web.Application], None]] = ()) -> web.Application:
+    """Mount the dashboard on the service's application at /staff/ and return it.
+
+    Each extension is called with `app` before the dashboard is mounted, to `add_page`
+    (aiohttp freezes a sub-application's router when it is mounted).
+    """
     dashboard_app = web.Application(middlewares=[error_pages, guard])
     dashboard_app[DASHBOARD] = Dashboard(
         config=config, accounts=StaffAccounts(config.staff), codes=ComplaintCodes.load(),
@@ -702,8 +745,10 @@ def setup(app: web.Application, config: Config) -> web.Application:
     router.add_post("/channels/{channel_id}/active", channel_active,
                     name="staff-channel-active")
     router.add_static("/static/", STATIC_DIR, name="staff-static", show_index=False)
+    app[DASHBOARD_APP] = dashboard_app
+    for extend in extensions:
+        extend(app)
     app.router.add_get(PREFIX, to_dashboard)
     app.add_subapp(PREFIX, dashboard_app)
-    app[DASHBOARD_APP] = dashboard_app
     app.on_response_prepare.append(_security_headers)
     return dashboard_app

@@ -10,7 +10,8 @@ reaches, and a button action too long for Telegram's 64-byte callback data is st
 under a short hash.
 
 The python-telegram-bot `Application` runs inside the service's own aiohttp application
-(`setup` adds its cleanup context): in polling mode its updater fetches updates; in webhook
+(`setup` adds its cleanup context): in polling mode its updater fetches updates, on the
+leader worker only (`bot.leadership`: Telegram allows one poller per bot); in webhook
 mode it is built without an updater and the route at `telegram.webhook_path` checks
 Telegram's secret header in constant time and feeds `update_queue`.
 
@@ -20,6 +21,8 @@ they are registered first so that they also work in private chats.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import hmac
 import json
@@ -59,6 +62,7 @@ from telegram.ext import (
 )
 
 from bot.config import Config, TelegramConfig
+from bot.leadership import while_leader
 from bot.messages import Button, Incoming, Reply
 from bot.models import ProcessedDelivery
 from bot.services import SERVICES, Services
@@ -378,8 +382,9 @@ def build_application(services: Services) -> Application:
     return application
 
 
-async def start_channel(application: Application, telegram: TelegramConfig) -> None:
-    """Register the commands, then receive updates by webhook or by polling."""
+async def start_channel(application: Application, telegram: TelegramConfig, *,
+                        poll: bool = True) -> None:
+    """Register the commands, then receive updates by webhook or (if `poll`) by polling."""
     await application.bot.set_my_commands(
         [BotCommand(command.name, command.description) for command in COMMANDS],
         scope=BotCommandScopeAllPrivateChats(),
@@ -391,12 +396,26 @@ async def start_channel(application: Application, telegram: TelegramConfig) -> N
             telegram.webhook_url, secret_token=telegram.webhook_secret,
             allowed_updates=list(ALLOWED_UPDATES),
         )
-    elif application.updater is not None:
+    elif poll and application.updater is not None:
         await application.updater.start_polling(
             poll_interval=0.0, timeout=telegram.poll_timeout,
             allowed_updates=list(ALLOWED_UPDATES),
         )
     await application.start()
+
+
+async def poll_updates(application: Application, telegram: TelegramConfig) -> None:
+    """Fetch updates by long polling until cancelled (run by the leader worker only)."""
+    updater = application.updater
+    if updater is None:
+        return
+    await updater.start_polling(poll_interval=0.0, timeout=telegram.poll_timeout,
+                                allowed_updates=list(ALLOWED_UPDATES))
+    try:
+        await asyncio.Event().wait()
+    finally:
+        if updater.running:
+            await updater.stop()
 
 
 async def stop_channel(application: Application) -> None:
@@ -416,14 +435,22 @@ async def telegram_ctx(app: web.Application) -> AsyncIterator[None]:
     if httpx_log.level == logging.NOTSET:
         httpx_log.setLevel(logging.WARNING)
     application = build_application(services)
+    polling: asyncio.Task[None] | None = None
     try:
         await application.initialize()
-        await start_channel(application, services.config.telegram)
+        await start_channel(application, services.config.telegram, poll=False)
         app[TELEGRAM] = application
+        if application.updater is not None:  # Telegram allows one poller: the leader
+            polling = asyncio.create_task(while_leader(
+                app, functools.partial(poll_updates, application, services.config.telegram),
+                "telegram polling"))
         log.info("telegram channel started (%s)",
                  "webhook" if services.config.telegram.webhook_url else "polling")
         yield
     finally:
+        if polling is not None:
+            polling.cancel()
+            await asyncio.gather(polling, return_exceptions=True)
         await stop_channel(application)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from bot import db
+from bot.limits import limits_of, retry_after
 from bot.messages import Incoming
 from bot.services import SERVICES
 
@@ -30,6 +31,13 @@ class BadRequest(ValueError):
 
 def _error(message: str, status: int = 400) -> web.Response:
     return web.json_response({"error": message}, status=status)
+
+
+def _too_many(wait: float) -> web.Response:
+    """429 with the seconds to wait, so well-behaved clients back off by themselves."""
+    response = _error("too many messages, please slow down", status=429)
+    response.headers["Retry-After"] = retry_after(wait)
+    return response
 
 
 def parse_chat_body(raw: bytes, max_user: int, max_text: int) -> Incoming:
@@ -66,6 +74,10 @@ def parse_chat_body(raw: bytes, max_user: int, max_text: int) -> Incoming:
 async def chat(request: web.Request) -> web.Response:
     """POST /api/chat: one message or button press in, the engine's replies out."""
     services = request.app[SERVICES]
+    limits = limits_of(request)
+    wait = limits.check((limits.chat_address, limits.address(request)))
+    if wait:
+        return _too_many(wait)
     if request.content_length is not None and (
         request.content_length > services.config.http.max_body_bytes
     ):
@@ -80,6 +92,9 @@ async def chat(request: web.Request) -> web.Response:
         )
     except BadRequest as error:
         return _error(str(error))
+    wait = limits.check((limits.chat_user, incoming.user_id))
+    if wait:
+        return _too_many(wait)
     replies = await services.chat.handle(incoming)
     return web.json_response(
         {"replies": [reply.to_dict() for reply in replies]},

@@ -12,6 +12,10 @@ delivery is claimed in the database before it is processed, so WeChat's retries 
 worker) get the stored reply and nothing is handled twice; an answer that overruns the
 budget is sent later through the customer-service API (or kept for "更多" without one).
 The wire format itself is in `handlers.wechat_protocol`.
+
+A follower who writes faster than `limits.wechat_per_user_per_minute` is asked to slow down
+without the engine being called.  There is no per-address limit here: every request comes
+from WeChat's own servers, so an address limit would throttle all followers at once.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from aiohttp import web
 from sqlalchemy.exc import IntegrityError
 
 from bot.config import Config, ConfigError, WechatConfig
+from bot.limits import limits_of
 from bot.messages import Incoming
 from bot.services import SERVICES, Services
 from handlers import wechat_store as store
@@ -68,6 +73,7 @@ VOICE_UNCLEAR = ("抱歉，这段语音我没能听清。请您打字告诉我�
                  "比如“银行卡被盗刷了怎么办”。")
 NO_MORE_PAGES = "后面没有了。您可以直接打字提问，或回复「菜单」。"
 STILL_WORKING = "您的问题我还在查，请过几秒钟回复「更多」看答案。"
+SLOW_DOWN = "您发消息太快了，请稍等一会儿再发。"
 
 
 def media_note(kind: str) -> str:
@@ -343,7 +349,11 @@ async def receive(request: web.Request) -> web.Response:
     problem = _check_fields(message)
     if problem is not None:
         return _refuse(400, problem)
-    content = await channel.respond(message, deadline)
+    limits = limits_of(request)  # per follower only: every request comes from WeChat itself
+    if not _is_quiet(message) and limits.check((limits.wechat_user, message["FromUserName"])):
+        content: str | None = SLOW_DOWN
+    else:
+        content = await channel.respond(message, deadline)
     if content is None:
         return web.Response(text=SUCCESS, content_type="text/plain")
     now = int(time.time())

@@ -21,6 +21,7 @@ from bot.config import Config, build_config
 from bot.fitted import knowledge_source
 from knowledge.index import KnowledgeIndex
 
+pytest_plugins = ["tests.log_guard"]  # fails the run if a log shows a phone/ID number
 POSTGRES_ENV = "XIAOBAO_TEST_POSTGRES_URL"
 STRICT = os.environ.get("XIAOBAO_TEST_STRICT") == "1"
 

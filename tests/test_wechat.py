@@ -721,3 +721,24 @@ def test_a_menu_wechat_would_refuse_stops_start_up(sqlite_url, knowledge_index):
                            menu=["a=1", "b=2", "c=3", "d=4"])
     with pytest.raises(ConfigError, match=r"wechat\.menu"):
         create_app(config, knowledge_index)
+
+
+async def test_a_whole_complaint_by_numbered_replies(plain):
+    from bot.models import Complaint
+
+    await plain.event("subscribe")
+    assert "请先用自己的话说说" in await plain.text("3")  # 我要投诉
+    prompt = await plain.text("上周在建行办的信用卡被收了年费，说好免年费的，客服一直推脱")
+    assert "中国建设银行蚌埠分行" in prompt and "回复 1 对，是这家" in prompt
+    assert "什么时候发生" in await plain.text("1")
+    assert "怎么解决" in await plain.text("2")  # 最近一周内
+    assert "您同意吗" in await plain.text("1")  # 退款
+    assert "姓名" in await plain.text("1")  # 同意
+    assert "手机号码" in await plain.text("王芳")
+    assert "身份证号" in await plain.text("13800001234")
+    assert "为自己投诉" in await plain.text("1")  # 跳过
+    summary = await plain.text("1")  # 为我自己
+    assert "138****1234" in summary and "回复 1 确认提交" in summary
+    filed = await plain.text("1")
+    assert "受理编号：BB-" in filed
+    assert await count(plain.client.app, Complaint) == 1

@@ -1,0 +1,498 @@
+"""`python -m benchmarks load`: the service under a realistic load, loopback only (issue 10).
+
+Three services are started in turn on free ports of 127.0.0.1, each driven by the load
+generator (`benchmarks.load_client`) in its own process:
+
+1. `xiaobao serve`, one worker on SQLite: the mixed load (questions, scam checks and whole
+   complaint dialogues on /api/chat, questions through signed plain-mode WeChat requests),
+   then WeChat questions alone;
+2. `xiaobao serve --workers 2` on a private PostgreSQL database (created for the run and
+   dropped after it), or two `xiaobao serve` processes on two ports with requests spread
+   round-robin when `--workers` is not available: the same mixed load;
+3. a minimal WeRoBot echo robot (`benchmarks.werobot_echo`): the same WeChat requests.
+
+Each phase reports messages per second, median and p99 latency, errors, each worker's
+peak memory (VmHWM from /proc/PID/status) and CPU time.  A table goes to stdout, progress
+to stderr and every figure to `var/bench/load.json`.  About three minutes in all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+from benchmarks.load_client import Plan
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+POSTGRES_ENV = "XIAOBAO_TEST_POSTGRES_URL"
+TOKEN = "bench-wechat-token"
+START_TIMEOUT_SECONDS = 120.0
+STOP_TIMEOUT_SECONDS = 20.0
+TARGETS = {
+    "chat_per_second_one_worker": 800.0,
+    "p99_ms": 100.0,
+    "two_workers_ratio": 1.6,
+    "wechat_vs_werobot_throughput": 1.0,
+}
+
+
+def log(message: str) -> None:
+    """Progress on stderr, so stdout holds only the report."""
+    print(f"[load {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on at the moment, on the loopback interface."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+# -- processes ------------------------------------------------------------------------------
+def descendants(pid: int) -> list[int]:
+    """Every process started (directly or not) by `pid`, from /proc."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return found
+    for task in tasks:
+        try:
+            children = Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+        except FileNotFoundError:
+            continue
+        for child in map(int, children):
+            found += [child, *descendants(child)]
+    return found
+
+
+def proc_figures(pid: int) -> dict[str, float]:
+    """Peak resident memory (VmHWM, MB) and CPU seconds used so far by one process."""
+    figures = {"peak_rss_mb": 0.0, "cpu_seconds": 0.0}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                figures["peak_rss_mb"] = round(int(line.split()[1]) / 1024, 1)
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        figures["cpu_seconds"] = round((int(fields[11]) + int(fields[12])) / ticks, 2)
+    except (FileNotFoundError, IndexError, ValueError):
+        pass
+    return figures
+
+
+@dataclass
+class Service:
+    """A started server process (and the workers it runs), with where to reach it."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    urls: list[str]
+    log_path: Path
+
+    def workers(self) -> list[int]:
+        """The processes that serve requests: the workers of a supervisor, else itself."""
+        children = [pid for pid in descendants(self.process.pid)
+                    if b"--worker" in _cmdline(pid)]
+        return children or [self.process.pid]
+
+    def stop(self) -> None:
+        """Ask politely (SIGINT, like Ctrl+C), then insist."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(STOP_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
+def start(name: str, command: list[str], cwd: Path, environ: dict[str, str],
+          urls: list[str], health: str) -> Service:
+    """Start a server and wait until `health` answers 200 (or fail with its log)."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    log_path = cwd / f"{name}.log"
+    with log_path.open("wb") as output:
+        process = subprocess.Popen(command, cwd=cwd, env=environ, stdout=output,
+                                   stderr=subprocess.STDOUT)
+    service = Service(name, process, urls, log_path)
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited at start-up:\n{log_path.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(health, timeout=2) as answer:
+                if answer.status == 200:
+                    return service
+        except OSError:
+            pass
+        time.sleep(0.3)
+    service.stop()
+    raise RuntimeError(f"{name} did not answer {health} within {START_TIMEOUT_SECONDS:.0f} s")
+
+
+def xiaobao_environ(database_url: str, port: int) -> dict[str, str]:
+    """The service's environment: one database, plain WeChat, the proxy's addresses trusted."""
+    environ = {key: value for key, value in os.environ.items()
+               if not key.startswith("XIAOBAO_")}
+    environ.update({
+        "XIAOBAO_DATABASE_URL": database_url,
+        "XIAOBAO_HTTP_PORT": str(port),
+        "XIAOBAO_WECHAT_TOKEN": TOKEN,
+        "XIAOBAO_WECHAT_MODE": "plain",
+        "XIAOBAO_LIMITS_TRUST_FORWARDED_FOR": "true",
+        "XIAOBAO_KNOWLEDGE_CACHE_DIR": str(ROOT / "var" / "cache"),
+        "XIAOBAO_LOG_LEVEL": "WARNING",
+    })
+    return environ
+
+
+def signed_check() -> str:
+    """The query of WeChat's URL check (GET with `echostr`), signed with the bench token."""
+    timestamp, nonce = str(int(time.time())), "20240601"
+    signature = hashlib.sha1("".join(sorted((TOKEN, timestamp, nonce))).encode()).hexdigest()
+    return f"signature={signature}&timestamp={timestamp}&nonce={nonce}&echostr=ok"
+
+
+def bottle_server() -> str:
+    """Which WSGI server Bottle's "auto" picks here: the first of its list that imports."""
+    for module, name in (("waitress", "waitress"), ("paste", "paste"), ("twisted", "twisted"),
+                         ("cherrypy", "cherrypy"), ("cheroot", "cheroot")):
+        if importlib.util.find_spec(module) is not None:
+            return f"(picks {name})"
+    return "(picks the standard library's wsgiref: no other server is installed)"
+
+
+def has_workers_option() -> bool:
+    """True when `xiaobao serve` offers --workers (being added alongside this benchmark)."""
+    done = subprocess.run([str(BIN / "xiaobao"), "serve", "--help"], capture_output=True,
+                          text=True, check=False)
+    return "--workers" in done.stdout
+
+
+# -- one phase ------------------------------------------------------------------------------
+def drive(plan: Plan) -> dict[str, Any]:
+    """Run the load generator in its own process and return its figures."""
+    done = subprocess.run([sys.executable, "-m", "benchmarks.load_client",
+                           json.dumps(asdict(plan))], cwd=ROOT, capture_output=True,
+                          text=True, check=False,
+                          timeout=plan.warmup_seconds + plan.duration_seconds + 120)
+    if done.returncode != 0:
+        raise RuntimeError(f"load generator failed:\n{done.stderr[-3000:]}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def measure(service: Service, plan: Plan, label: str) -> dict[str, Any]:
+    """One load phase against a running service, with its workers' memory and CPU."""
+    workers = service.workers()
+    before = {pid: proc_figures(pid)["cpu_seconds"] for pid in workers}
+    log(f"{label}: {plan.mix} load, {plan.concurrency} connections, "
+        f"{plan.warmup_seconds:.0f} s warm-up + {plan.duration_seconds:.0f} s measured")
+    result = drive(plan)
+    after = {pid: proc_figures(pid) for pid in workers}
+    result["workers"] = [
+        {"pid": pid, "peak_rss_mb": after[pid]["peak_rss_mb"],
+         "cpu_seconds_during_load": round(after[pid]["cpu_seconds"] - before[pid], 2)}
+        for pid in workers]
+    result["label"] = label
+    overall = result["all"]
+    log(f"{label}: {overall['per_second']} msg/s, median {overall['median_ms']} ms, "
+        f"p99 {overall['p99_ms']} ms, {overall['errors']} errors")
+    return result
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------
+async def _admin(url: str, statement: str) -> None:
+    import asyncpg
+
+    admin = make_url(url).set(drivername="postgresql")
+    connection = await asyncpg.connect(admin.render_as_string(hide_password=False))
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+def private_database(admin_url: str) -> tuple[str, str]:
+    """Create a database for this run; its URL and its name."""
+    name = f"xiaobao_bench_{os.getpid()}"
+    asyncio.run(_admin(admin_url, f'CREATE DATABASE "{name}"'))
+    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    return url, name
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    """Drop the run's database, closing whatever still holds it."""
+    asyncio.run(_admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+# -- the run --------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """All phases; the report as a dictionary."""
+    scratch = Path(tempfile.mkdtemp(prefix="xiaobao-load-"))
+    xiaobao = str(BIN / "xiaobao")
+    phases: dict[str, Any] = {}
+    notes: list[str] = []
+    mixed = dict(warmup_seconds=args.warmup, duration_seconds=args.duration,
+                 concurrency=args.concurrency, token=TOKEN)
+    wechat = dict(warmup_seconds=args.warmup, duration_seconds=args.wechat_duration,
+                  concurrency=args.wechat_concurrency, token=TOKEN, mix="wechat")
+    try:
+        # 1. one worker on SQLite
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        service = start("sqlite-1", [xiaobao, "serve"], scratch / "sqlite",
+                        xiaobao_environ(f"sqlite:///{scratch / 'sqlite' / 'bench.db'}", port),
+                        [url], f"{url}/healthz")
+        try:
+            phases["sqlite_1_mixed"] = measure(service, Plan(targets=(url,), **mixed),
+                                               "1 worker, SQLite, mixed")
+            phases["sqlite_1_wechat"] = measure(service, Plan(targets=(url,), **wechat),
+                                                "1 worker, SQLite, WeChat questions")
+        finally:
+            service.stop()
+
+        # 2. two workers on PostgreSQL
+        if args.skip_postgres:
+            notes.append("PostgreSQL phase skipped (--skip-postgres)")
+        else:
+            admin_url = args.postgres_url or os.environ.get(POSTGRES_ENV) or DEFAULT_POSTGRES
+            database_url, database = private_database(admin_url)
+            try:
+                phases["postgres_2_mixed"] = two_workers(scratch, database_url, mixed, notes)
+            finally:
+                drop_database(admin_url, database)
+
+        # 3. the WeRoBot echo robot
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        echo = start("werobot", [sys.executable, "-m", "benchmarks.werobot_echo", "--port",
+                                 str(port), "--token", TOKEN], scratch / "werobot",
+                     {**os.environ, "PYTHONPATH": str(ROOT)}, [url],
+                     f"{url}/?{signed_check()}")
+        try:
+            phases["werobot_echo"] = measure(echo, Plan(targets=(url,), wechat_path="/",
+                                                        **wechat), "WeRoBot echo")
+            server_line = next((line for line in echo.log_path.read_text().splitlines()
+                                if "server starting up" in line), "")
+            notes.append(f"WeRoBot served by robot.run() default: {server_line.strip()} "
+                         f"{bottle_server()}")
+        finally:
+            echo.stop()
+    finally:
+        keep = args.output.parent / "load-logs"
+        shutil.rmtree(keep, ignore_errors=True)
+        keep.mkdir(parents=True, exist_ok=True)
+        for server_log in scratch.glob("*/*.log"):
+            shutil.copy(server_log, keep / server_log.name)
+        shutil.rmtree(scratch, ignore_errors=True)
+    return {"phases": phases, "notes": notes}
+
+
+def two_workers(scratch: Path, database_url: str, mixed: dict[str, Any],
+                notes: list[str]) -> dict[str, Any]:
+    """The mixed load on two workers sharing one PostgreSQL database."""
+    xiaobao = str(BIN / "xiaobao")
+    port = free_port()
+    if has_workers_option():
+        url = f"http://127.0.0.1:{port}"
+        service = start("postgres-2", [xiaobao, "serve", "--workers", "2"],
+                        scratch / "postgres", xiaobao_environ(database_url, port), [url],
+                        f"{url}/healthz")
+        services, targets = [service], (url,)
+        notes.append("two workers: `xiaobao serve --workers 2` (one port, SO_REUSEPORT)")
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while len(service.workers()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        _wait_all_healthy(url, deadline)
+    else:
+        services, urls = [], []
+        for number in (1, 2):  # one after the other: the first migrates the database
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            services.append(start(f"postgres-{number}", [xiaobao, "serve"],
+                                  scratch / f"postgres-{number}",
+                                  xiaobao_environ(database_url, port), [url],
+                                  f"{url}/healthz"))
+            urls.append(url)
+        targets = tuple(urls)
+        notes.append("two workers: two `xiaobao serve` processes on two ports, requests "
+                     "round-robin (`serve --workers` was not available)")
+    try:
+        merged = Service("postgres-2", services[0].process, list(targets),
+                         services[0].log_path)
+        if len(services) > 1:
+            result = _measure_many(services, Plan(targets=targets, **mixed))
+        else:
+            result = measure(merged, Plan(targets=targets, **mixed),
+                             "2 workers, PostgreSQL, mixed")
+    finally:
+        for service in services:
+            service.stop()
+    return result
+
+
+def _wait_all_healthy(url: str, deadline: float) -> None:
+    """With SO_REUSEPORT either worker may answer: ask a few times until all say 200."""
+    answered = 0
+    while answered < 10 and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as answer:
+                answered = answered + 1 if answer.status == 200 else 0
+        except OSError:
+            answered = 0
+            time.sleep(0.3)
+
+
+def _measure_many(services: list[Service], plan: Plan) -> dict[str, Any]:
+    """`measure` over separate processes: every one's memory and CPU."""
+    before = {s.process.pid: proc_figures(s.process.pid)["cpu_seconds"] for s in services}
+    label = "2 workers, PostgreSQL, mixed"
+    log(f"{label}: mixed load over {len(services)} processes, {plan.concurrency} connections")
+    result = drive(plan)
+    result["workers"] = []
+    for service in services:
+        pid = service.process.pid
+        now = proc_figures(pid)
+        result["workers"].append({"pid": pid, "peak_rss_mb": now["peak_rss_mb"],
+                                  "cpu_seconds_during_load": round(
+                                      now["cpu_seconds"] - before[pid], 2)})
+    result["label"] = label
+    return result
+
+
+# -- the report -----------------------------------------------------------------------------
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+        memory_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    except (FileNotFoundError, ValueError, IndexError):
+        memory_kb = 0
+    return {"cpus": os.cpu_count(), "cpu_model": model,
+            "memory_gb": round(memory_kb / 1024 / 1024, 1), "kernel": platform.release(),
+            "python": platform.python_version(), "load_average": os.getloadavg()}
+
+
+def verdicts(phases: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """Each target of issue 10 with the measured figure and whether it is met."""
+    rows: list[tuple[str, str, bool]] = []
+    one = phases.get("sqlite_1_mixed")
+    if one:
+        chat = one.get("chat", one["all"])
+        rows.append(("1 worker: >= 800 chat messages/s",
+                     f"{chat['per_second']}/s (all paths {one['all']['per_second']}/s)",
+                     chat["per_second"] >= TARGETS["chat_per_second_one_worker"]))
+        rows.append(("1 worker: chat p99 < 100 ms", f"{chat['p99_ms']} ms",
+                     chat["p99_ms"] < TARGETS["p99_ms"]))
+    ours, peer = phases.get("sqlite_1_wechat"), phases.get("werobot_echo")
+    if ours and peer:
+        ratio = ours["all"]["per_second"] / max(peer["all"]["per_second"], 0.1)
+        rows.append(("WeChat path >= WeRoBot echo throughput", f"{ratio:.2f}x",
+                     ratio >= TARGETS["wechat_vs_werobot_throughput"]))
+        rows.append(("WeChat path p99 < 100 ms", f"{ours['all']['p99_ms']} ms",
+                     ours["all"]["p99_ms"] < TARGETS["p99_ms"]))
+    two = phases.get("postgres_2_mixed")
+    if one and two:
+        ratio = two["all"]["per_second"] / max(one["all"]["per_second"], 1e-9)
+        rows.append(("2 workers on PostgreSQL >= 1.6x one worker", f"{ratio:.2f}x",
+                     ratio >= TARGETS["two_workers_ratio"]))
+    return rows
+
+
+def report(result: dict[str, Any]) -> str:
+    """The table printed at the end."""
+    lines = ["", "| phase | kind | msg/s | median ms | p99 ms | errors |",
+             "|---|---|---:|---:|---:|---:|"]
+    for phase in result["phases"].values():
+        for kind, figures in [*phase["kinds"].items(), ("all", phase["all"])]:
+            lines.append(f"| {phase['label']} | {kind} | {figures['per_second']} | "
+                         f"{figures['median_ms']} | {figures['p99_ms']} | "
+                         f"{figures['errors']} |")
+    lines += ["", "| phase | worker pid | peak RSS (VmHWM) | CPU s during load |",
+              "|---|---:|---:|---:|"]
+    for phase in result["phases"].values():
+        for worker in phase["workers"]:
+            lines.append(f"| {phase['label']} | {worker['pid']} | {worker['peak_rss_mb']} MB "
+                         f"| {worker['cpu_seconds_during_load']} |")
+    ours, peer = result["phases"].get("sqlite_1_wechat"), result["phases"].get("werobot_echo")
+    if ours and peer:
+        lines += ["", "xiaobao WeChat question path / WeRoBot echo: throughput "
+                  f"{ours['all']['per_second'] / max(peer['all']['per_second'], 0.1):.2f}x, "
+                  f"p99 {ours['all']['p99_ms'] / max(peer['all']['p99_ms'], 0.01):.2f}x"]
+    lines += ["", "| target | measured | |", "|---|---|---|"]
+    for target, measured, met in result["verdicts"]:
+        lines.append(f"| {target} | {measured} | {'ok' if met else 'MISSED'} |")
+    lines += ["", *(f"note: {note}" for note in result["notes"])]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the load benchmark, print the table and write the JSON report."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks load",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=30.0,
+                        help="measured seconds of each mixed phase (default 30)")
+    parser.add_argument("--wechat-duration", type=float, default=15.0,
+                        help="measured seconds of each WeChat-only phase (default 15)")
+    parser.add_argument("--warmup", type=float, default=5.0,
+                        help="warm-up seconds before each measurement (default 5)")
+    parser.add_argument("--concurrency", type=int, default=32,
+                        help="client connections of the mixed phases (default 32)")
+    parser.add_argument("--wechat-concurrency", type=int, default=16,
+                        help="client connections of the WeChat-only phases (default 16)")
+    parser.add_argument("--postgres-url", default="",
+                        help=f"server to create the private database on (default "
+                             f"${POSTGRES_ENV} or {DEFAULT_POSTGRES})")
+    parser.add_argument("--skip-postgres", action="store_true",
+                        help="leave out the two-worker PostgreSQL phase")
+    parser.add_argument("--output", type=Path, default=ROOT / "var" / "bench" / "load.json")
+    args = parser.parse_args(argv)
+    began = time.time()
+    result = run(args)
+    result["verdicts"] = verdicts(result["phases"])
+    result["machine"] = machine()
+    result["started_utc"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(began))
+    result["seconds"] = round(time.time() - began, 1)
+    result["settings"] = {key: str(value) for key, value in vars(args).items()}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
+    print(report(result))
+    print(f"\nwritten: {args.output} ({result['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

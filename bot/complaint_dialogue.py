@@ -263,6 +263,7 @@ class ComplaintDialogue:
         await turn.session.delete(row)
         turn.state.pop("mode", None)
         turn.state["last_confirmation"] = key
+        turn.state["filed"] = True  # staff may now write back: the engine looks for replies
         return [self._filed(complaint.tracking_no, queue.name, complaint.deadline_at)]
 
     async def _already_confirmed(self, turn: DialogueTurn) -> list[Reply]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot import validators
+from bot.complaint_records import RELATIONSHIPS
 from bot.privacy import mask_id_number, mask_phone
 from bot.validators import Invalid
 from classifiers.institutions import Directory
@@ -213,8 +214,7 @@ FIELDS: tuple[FormField, ...] = (
               _clean_relationship,
               choices=lambda _c: (Choice("为我自己", "self"), Choice("替家人或朋友", "proxy"),
                                   Choice("当事人已去世，我是继承人", "heir")),
-              show=lambda v, _c: {"self": "本人", "proxy": "代理他人",
-                                  "heir": "继承人"}.get(str(v), str(v))),
+              show=lambda v, _c: RELATIONSHIPS.get(str(v), str(v))),
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
 PERSONAL_FIELDS = tuple(f.name for f in FIELDS if f.personal)

@@ -181,6 +181,10 @@ class Engine:
         return replies
 
     async def _staff_messages(self, turn: Turn) -> list[Reply]:
+        # Only consumers who filed a complaint on this channel can have replies waiting;
+        # everyone else is spared a query on every message.
+        if not turn.state.get("filed"):
+            return []
         rows = (await turn.session.execute(
             select(ConsumerMessage, Complaint.tracking_no)
             .join(Complaint, Complaint.id == ConsumerMessage.complaint_id)

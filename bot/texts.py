@@ -93,15 +93,6 @@ def thanks() -> str:
     return "不客气！还有别的问题随时问我。遇到可疑情况，先停一停、问一问，再转账。"
 
 
-def not_available(feature: str, hotline: str) -> str:
-    """Honest note about a feature this deployment does not offer yet."""
-    return (
-        f"“{feature}”功能还在建设中，暂时不能在这里办理，非常抱歉。\n"
-        f"您可以先拨打{hotline}银行保险消费者投诉维权热线，或直接联系银行、保险公司的官方客服；"
-        "遇到诈骗请马上拨打110或96110。"
-    )
-
-
 def injection(hotline: str) -> str:
     """For attempts to make the bot leave its role."""
     return (

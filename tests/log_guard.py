@@ -5,8 +5,8 @@ sees every record of the project's own loggers at every level (they are opened t
 while the suite runs) and third-party records at INFO and above (the root logger is opened
 to INFO).  Each record's message, arguments included, and its traceback are scanned for a
 mainland mobile number (1[3-9] and nine digits) or an 18-character resident ID number, as
-whole numbers (not part of a longer run of digits).  If any is found the session fails at
-the end with a summary naming the test, the logger and the level; the number itself is
+whole numbers (not part of a longer run of digits or letters, such as a hex signature).
+If any is found the session fails at the end with a summary naming the test, the logger and the level; the number itself is
 shown masked, so the report does not leak what it found.
 
 Records emitted in subprocesses the tests start (`xiaobao` commands, the browser) are not
@@ -25,10 +25,12 @@ OWN_LOGGERS = ("bot", "handlers", "knowledge", "classifiers", "benchmarks", "xia
 THIRD_PARTY_LEVEL = logging.INFO
 # An ID number has its holder's birth date at positions 7-14 (GB 11643); requiring it
 # keeps random nonces and message ids in request logs from passing for ID numbers.
+# Both must stand alone: digits inside a hexadecimal signature or a token (letters or digits
+# either side) are not somebody's number, and the access log of a signed request is full of them.
 PERSONAL_NUMBER = re.compile(
-    r"(?<![0-9])(?:(?P<mobile>1[3-9][0-9]{9})|"
+    r"(?<![0-9A-Za-z])(?:(?P<mobile>1[3-9][0-9]{9})|"
     r"(?P<id>[0-9]{6}(?:19|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])[0-9]{3}[0-9Xx]))"
-    r"(?![0-9Xx])"
+    r"(?![0-9A-Za-z])"
 )
 MAX_KEPT = 20
 

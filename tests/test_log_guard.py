@@ -30,6 +30,12 @@ def test_the_scanner_ignores_masked_numbers_and_longer_runs_of_digits():
     assert find_personal_numbers("12812345678 is no mobile number") == []
 
 
+def test_digits_inside_a_hex_signature_are_not_a_phone_number():
+    signed = "POST /wechat?msg_signature=9f3a17612345666be2c0&timestamp=1764300000 HTTP/1.1"
+    assert find_personal_numbers(signed) == []
+    assert find_personal_numbers("mobile=17612345666&x=1") == [("mobile number", "176******66")]
+
+
 def test_own_loggers_count_at_every_level_and_others_from_info():
     guard = LogGuard()
     guard.scan(record("bot.engine", logging.DEBUG, "user wrote %s", "13812345678"))

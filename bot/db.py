@@ -9,6 +9,15 @@ SQLite transactions begin IMMEDIATE: the write lock is taken at BEGIN, where the
 timeout makes concurrent writers queue, instead of at the first write, where a transaction
 whose snapshot is stale fails at once with "database is locked".  A connection run with
 `READ_ONLY` (as `ping` does) begins DEFERRED and never waits for a writer.
+
+Within one process SQLite gets a single pooled connection: SQLite admits one writer at a
+time anyway, and a writer waiting in SQLite's busy handler sleeps and polls (in steps of
+up to 100 ms) and gives up after the busy timeout, so under load many pooled connections
+turned queueing into seconds of latency and "database is locked" errors.  With one
+connection the turns queue in the pool, first come first served, and the busy timeout
+only ever waits for another process (a `xiaobao` command, say).  Code must therefore
+never open a second session while holding one (it would wait for itself until
+`SQLITE_POOL_TIMEOUT_S`); the service passes its session down instead.
 """
 
 from __future__ import annotations
@@ -28,7 +37,11 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from bot import sqlite_inline
+
 SQLITE_BUSY_TIMEOUT_MS = 5000
+SQLITE_POOL_TIMEOUT_S = 30.0
+PING_TIMEOUT_S = 5.0
 # Execution options of a connection that only reads (on SQLite: BEGIN DEFERRED).
 READ_ONLY = {"xiaobao_read_only": True}
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -52,10 +65,13 @@ def _ensure_sqlite_folder(url: URL) -> None:
 
 
 def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
-    """Every SQLite connection: WAL so readers never block the writer, and wait on locks."""
+    """Every SQLite connection: WAL so readers never block the writer, and foreign keys.
+
+    The busy timeout stays zero: `bot.sqlite_inline` waits for another process's lock
+    with asyncio backoff instead of inside SQLite, which would block the event loop.
+    """
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
@@ -77,7 +93,12 @@ def create_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncE
     target = async_url(url)
     if target.get_backend_name() == "sqlite":
         _ensure_sqlite_folder(target)
-        engine = create_async_engine(target, echo=echo, hide_parameters=True)
+        engine = create_async_engine(
+            target, echo=echo, hide_parameters=True,
+            pool_size=1, max_overflow=0, pool_timeout=SQLITE_POOL_TIMEOUT_S,
+            async_creator=sqlite_inline.async_creator(target.database or ":memory:",
+                                                      SQLITE_BUSY_TIMEOUT_MS / 1000),
+        )
         event.listen(engine.sync_engine, "connect", _tune_sqlite)
         event.listen(engine.sync_engine, "begin", _begin_sqlite)
         return engine
@@ -92,12 +113,19 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-async def ping(engine: AsyncEngine) -> bool:
-    """True when the database answers a trivial query (used by /healthz)."""
-    try:
+async def ping(engine: AsyncEngine, timeout_s: float = PING_TIMEOUT_S) -> bool:
+    """True when the database answers a trivial query in time (used by /healthz).
+
+    A database that does not answer within `timeout_s` (unreachable, or every pooled
+    connection held that long) counts as unhealthy rather than hanging the probe.
+    """
+    async def select_one() -> None:
         async with engine.connect() as connection:
             await connection.execution_options(**READ_ONLY)
             await connection.execute(text("SELECT 1"))
+
+    try:
+        await asyncio.wait_for(select_one(), timeout_s)
     except Exception:  # noqa: BLE001 - any failure means "not healthy"
         return False
     return True

@@ -62,6 +62,7 @@ MORE_WORDS = frozenset({"更多", "下一段"})
 NUMBERED = {"numbered_choices": True}
 WAIT_POLL_SECONDS = 0.1
 DRAIN_SECONDS = 10.0
+CLAIM_PURGE_SECONDS = 60.0
 READ_CHUNK_BYTES = 8192
 MAX_USER_ID_CHARS = 128
 ANSWERED_EVENTS = frozenset({"subscribe", "click"})
@@ -99,6 +100,7 @@ class WechatChannel:
         self.api = api
         self.page_bytes = PASSIVE_TEXT_LIMIT_BYTES
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._next_purge = 0.0
 
     # -- the 5-second rule ---------------------------------------------------------------
     async def respond(self, message: Mapping[str, str], deadline: float) -> str | None:
@@ -128,12 +130,22 @@ class WechatChannel:
         return late or None
 
     async def _claim(self, key: str) -> bool:
-        """Claim a delivery in its own transaction; False when a retry finds it taken."""
+        """Claim a delivery in its own transaction; False when a retry finds it taken.
+
+        Old claims are purged on the way, at most once every `CLAIM_PURGE_SECONDS` per
+        worker rather than on every message.
+        """
+        now = asyncio.get_running_loop().time()
+        purge = now >= self._next_purge
         try:
             async with self.services.sessions() as session, session.begin():
+                if purge:
+                    await store.purge_claims(session, CHANNEL)
                 await store.add_claim(session, CHANNEL, key)
         except IntegrityError:
             return False
+        if purge:
+            self._next_purge = now + CLAIM_PURGE_SECONDS
         return True
 
     async def _reply_of_retry(self, key: str, deadline: float) -> str | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.models import Conversation, ProcessedDelivery, SharedSecretCache, utcnow
@@ -27,38 +27,48 @@ def aware(moment: datetime) -> datetime:
 
 
 # -- deliveries ----------------------------------------------------------------------------
-async def add_claim(session: AsyncSession, channel: str, key: str) -> None:
-    """Claim a delivery; committing fails with IntegrityError when another got it first.
+# Every WeChat message runs the claim, the reply and the pages statements, so they are built
+# once with bound parameters and run on the session's connection as Core statements: the
+# ORM's per-call statement analysis cost more than SQLite did.
+_CLAIM = insert(ProcessedDelivery).values(
+    channel=bindparam("in_channel"), delivery_key=bindparam("key"), reply=None,
+    created_at=bindparam("now"))
+_PURGE = delete(ProcessedDelivery).where(ProcessedDelivery.channel == bindparam("channel"),
+                                         ProcessedDelivery.created_at < bindparam("before"))
+_REPLY_OF = select(ProcessedDelivery.reply).where(
+    ProcessedDelivery.channel == bindparam("channel"),
+    ProcessedDelivery.delivery_key == bindparam("key"))
+_STORE_REPLY = update(ProcessedDelivery).where(
+    ProcessedDelivery.channel == bindparam("of_channel"),
+    ProcessedDelivery.delivery_key == bindparam("of_key")).values(reply=bindparam("new_reply"))
+_FORGET_PAGES = delete(Conversation).where(Conversation.channel == PAGES_CHANNEL,
+                                           Conversation.user_id == bindparam("user_id"))
 
-    Claims older than a day are dropped on the way: WeChat stops retrying after seconds.
-    """
-    await session.execute(
-        delete(ProcessedDelivery).where(
-            ProcessedDelivery.channel == channel,
-            ProcessedDelivery.created_at < utcnow() - DELIVERY_RETENTION,
-        )
-    )
-    session.add(ProcessedDelivery(channel=channel, delivery_key=key, reply=None,
-                                  created_at=utcnow()))
-    await session.flush()
+
+async def add_claim(session: AsyncSession, channel: str, key: str) -> None:
+    """Claim a delivery; fails with IntegrityError when another got it first."""
+    connection = await session.connection()
+    await connection.execute(_CLAIM, {"in_channel": channel, "key": key, "now": utcnow()})
+
+
+async def purge_claims(session: AsyncSession, channel: str) -> None:
+    """Drop claims older than a day: WeChat stops retrying a message after seconds."""
+    connection = await session.connection()
+    await connection.execute(_PURGE, {"channel": channel,
+                                      "before": utcnow() - DELIVERY_RETENTION})
 
 
 async def stored_reply(session: AsyncSession, channel: str, key: str) -> str | None:
     """The reply given to a claimed delivery, or None while it is still being answered."""
-    return await session.scalar(
-        select(ProcessedDelivery.reply).where(
-            ProcessedDelivery.channel == channel, ProcessedDelivery.delivery_key == key
-        )
-    )
+    connection = await session.connection()
+    result = await connection.execute(_REPLY_OF, {"channel": channel, "key": key})
+    return result.scalar()
 
 
 async def store_reply(session: AsyncSession, channel: str, key: str, reply: str) -> None:
     """Remember what a delivery was answered, so its retries get exactly the same."""
-    await session.execute(
-        update(ProcessedDelivery)
-        .where(ProcessedDelivery.channel == channel, ProcessedDelivery.delivery_key == key)
-        .values(reply=reply)
-    )
+    connection = await session.connection()
+    await connection.execute(_STORE_REPLY, {"of_channel": channel, "of_key": key, "new_reply": reply})
 
 
 # -- pages of long answers -----------------------------------------------------------------
@@ -70,10 +80,12 @@ async def pending_pages(session: AsyncSession, user_id: str) -> list[str]:
 
 
 async def save_pages(session: AsyncSession, user_id: str, pages: list[str]) -> None:
-    """Keep the unread pages (an empty list forgets them); no row is written for nothing."""
-    if not pages and await session.get(Conversation, (PAGES_CHANNEL, user_id)) is None:
+    """Keep the unread pages; an empty list forgets them (and writes nothing if none were kept)."""
+    if pages:
+        await save_state(session, PAGES_CHANNEL, user_id, {"pages": pages})
         return
-    await save_state(session, PAGES_CHANNEL, user_id, {"pages": pages})
+    connection = await session.connection()
+    await connection.execute(_FORGET_PAGES, {"user_id": user_id})
 
 
 # -- the shared access token ---------------------------------------------------------------

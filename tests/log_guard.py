@@ -6,8 +6,8 @@ while the suite runs) and third-party records at INFO and above (the root logger
 to INFO).  Each record's message, arguments included, and its traceback are scanned for a
 mainland mobile number (1[3-9] and nine digits) or an 18-character resident ID number, as
 whole numbers (not part of a longer run of digits or letters, such as a hex signature).
-If any is found the session fails at the end with a summary naming the test, the logger and the level; the number itself is
-shown masked, so the report does not leak what it found.
+If any is found the session fails at the end with a summary naming the test, the logger
+and the level; the number itself is shown masked, so the report does not leak what it found.
 
 Records emitted in subprocesses the tests start (`xiaobao` commands, the browser) are not
 seen here; those outputs are checked by the tests that read them.

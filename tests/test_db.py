@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
 from sqlalchemy import inspect, text
+from sqlalchemy.exc import OperationalError
 
 from bot import db
 
@@ -43,7 +51,70 @@ async def test_sqlite_file_and_folder_are_created_and_use_wal(tmp_path):
     await engine.dispose()
     assert (tmp_path / "nested" / "dir" / "x.db").exists()
     assert mode == "wal"
-    assert timeout == db.SQLITE_BUSY_TIMEOUT_MS
+    assert timeout == 0  # waits happen in asyncio (bot.sqlite_inline), never inside SQLite
+
+
+def _hold_write_lock(path: Path, seconds: float, locked: threading.Event) -> None:
+    """Another writer (as a `xiaobao` command in another process would be)."""
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    locked.set()
+    time.sleep(seconds)
+    other.execute("COMMIT")
+    other.close()
+
+
+async def _hold_lock_elsewhere(path: Path, seconds: float) -> threading.Thread:
+    locked = threading.Event()
+    holder = threading.Thread(target=_hold_write_lock, args=(path, seconds, locked))
+    holder.start()
+    await asyncio.to_thread(locked.wait)
+    return holder
+
+
+async def test_a_write_waits_for_a_lock_held_elsewhere_without_blocking_the_loop(tmp_path):
+    path = tmp_path / "x.db"
+    url = f"sqlite:///{path}"
+    await db.upgrade(url)
+    engine = db.create_engine(url)
+    holder = await _hold_lock_elsewhere(path, 0.4)
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    started = time.monotonic()
+    async with engine.begin() as connection:
+        await connection.execute(text("INSERT INTO unanswered_questions (text, normalized, "
+                                      "score, candidates, created_at) VALUES ('问', '问', 0, "
+                                      "'[]', '2026-01-01')"))
+    waited = time.monotonic() - started
+    ticker.cancel()
+    holder.join()
+    async with engine.connect() as connection:
+        rows = (await connection.execute(text("SELECT count(*) FROM unanswered_questions")))
+        assert rows.scalar_one() == 1
+    await engine.dispose()
+    assert waited >= 0.3
+    assert ticks >= 10  # the event loop kept running while the write waited
+
+
+async def test_a_lock_held_past_the_busy_timeout_fails_the_write(tmp_path, monkeypatch):
+    path = tmp_path / "x.db"
+    url = f"sqlite:///{path}"
+    await db.upgrade(url)
+    monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    engine = db.create_engine(url)
+    holder = await _hold_lock_elsewhere(path, 1.0)
+    with pytest.raises(OperationalError, match="database is locked"):
+        async with engine.begin() as connection:
+            await connection.execute(text("DELETE FROM unanswered_questions"))
+    holder.join()
+    await engine.dispose()
 
 
 def test_plain_urls_get_async_drivers():

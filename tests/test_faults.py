@@ -15,11 +15,13 @@ import os
 import secrets
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,12 +163,29 @@ async def test_concurrent_turns_of_one_sqlite_user_never_lose_an_update(services
     assert state["turns"] == 8
 
 
-async def test_a_sqlite_reader_does_not_wait_for_a_writer(services):
+async def test_a_sqlite_reader_elsewhere_does_not_wait_for_the_services_writer(services):
+    """WAL: a reader (a `xiaobao report` command, say) never waits for the service."""
+    path = services.config.database.url.removeprefix("sqlite:///")
+
+    def read() -> int:
+        with closing(sqlite3.connect(path, timeout=0)) as reader:
+            return int(reader.execute("SELECT count(*) FROM conversations").fetchone()[0])
+
     async with services.sessions() as writer, writer.begin():
         await writer.execute(text("UPDATE conversations SET user_id = user_id"))
         started = time.monotonic()
-        assert await db.ping(services.engine)
+        assert await asyncio.to_thread(read) >= 0
         assert time.monotonic() - started < 1.0
+
+
+async def test_health_probe_gives_up_in_time_when_the_connection_is_held(services):
+    """One pooled SQLite connection per worker: a probe waits for it, but not forever."""
+    async with services.sessions() as writer, writer.begin():
+        await writer.execute(text("UPDATE conversations SET user_id = user_id"))
+        started = time.monotonic()
+        assert await db.ping(services.engine, timeout_s=0.3) is False
+        assert time.monotonic() - started < 2.0
+    assert await db.ping(services.engine)
 
 
 # -- PostgreSQL: a database of our own, a proxy we can cut, two workers ----------------------

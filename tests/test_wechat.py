@@ -429,6 +429,43 @@ async def test_concurrent_retries_wait_for_the_first_reply(make_client, database
     assert await engine_turns(app) == 1
 
 
+async def test_claims_older_than_a_day_are_purged_at_most_once_a_minute(make_client,
+                                                                         database_url):
+    client, app = await make_client(wechat_config(
+        database_url, {"XIAOBAO_WECHAT_TOKEN": TOKEN}, mode="plain"))
+    server = WechatServer(client)
+
+    async def add_claim(key: str, age: timedelta) -> None:
+        async with app[SERVICES].sessions() as session, session.begin():
+            session.add(ProcessedDelivery(channel="wechat", delivery_key=key, reply="旧",
+                                          created_at=utcnow() - age))
+
+    await add_claim("old-1", timedelta(days=2))
+    await add_claim("recent", timedelta(hours=2))
+    await server.text("你好")  # the first claim of this worker purges
+    assert await count(app, ProcessedDelivery, ProcessedDelivery.delivery_key == "old-1") == 0
+    assert await count(app, ProcessedDelivery, ProcessedDelivery.delivery_key == "recent") == 1
+    await add_claim("old-2", timedelta(days=2))
+    await server.text("谢谢")  # within the minute: no second purge
+    assert await count(app, ProcessedDelivery, ProcessedDelivery.delivery_key == "old-2") == 1
+    app[WECHAT]._next_purge = 0.0  # a minute later
+    await server.text("菜单")
+    assert await count(app, ProcessedDelivery, ProcessedDelivery.delivery_key == "old-2") == 0
+
+
+async def test_read_pages_leave_no_row_behind(make_client, sqlite_url):
+    client, app = await make_client(wechat_config(
+        sqlite_url, {"XIAOBAO_WECHAT_TOKEN": TOKEN}, mode="plain"))
+    app[WECHAT].page_bytes = 600
+    server = WechatServer(client)
+    pages = [await server.text(QUESTION)]
+    assert await count(app, Conversation, Conversation.channel == "wechat-pages") == 1
+    while pages[-1].endswith(MORE_HINT):
+        pages.append(await server.text("更多"))
+    await server.text("你好")
+    assert await count(app, Conversation, Conversation.channel == "wechat-pages") == 0
+
+
 async def test_a_retried_event_is_processed_once(make_client, sqlite_url):
     client, app = await make_client(wechat_config(
         sqlite_url, {"XIAOBAO_WECHAT_TOKEN": TOKEN}, mode="plain"))

@@ -116,12 +116,16 @@ RED_FLAGS: tuple[RedFlag, ...] = (
 # Wording that legitimate notices and family warnings use and scams rarely do.  Like the
 # red flags, each is a feature whose weight is learned in `fit`.
 REASSURANCES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("never-share", re.compile(r"(请勿|切勿|不要|勿|别)(泄露|告诉|转发|提供|透露)|(不会|绝不会|从不|不会主动)"
+    # "Tell no one the code" reassures; "don't tell your family / the bank" is the scammer's
+    # demand for secrecy (the `secrecy` red flag), so it must not count as reassurance too.
+    ("never-share", re.compile(r"(请勿|切勿|不要|勿|别)(泄露|告诉|转发|提供|透露)"
+                               r"(?!给?(家人|家里|亲友|子女|老伴|银行|警察|民警))|(不会|绝不会|从不|不会主动)"
                                r".{0,12}(索要|索取|要求您?提供|要求您?转账|让您?转账|找你们借钱)|工作人员不会")),
     ("warning", re.compile(r"谨防|警惕|提防|防范|反诈|(都|就|均|全)(是|为)(诈骗|骗局|骗子|骗人)|不存在.{0,4}安全账户"
                            r"|(不|勿)(出租|出借|出售|下载|开启|点击|相信)|别信|千万别|直接挂|需谨慎|不懂就问")),
     ("official-contact", re.compile(r"如非本人(操作|交易)|如有疑问.{0,10}(致电|拨打|咨询)|(详询|咨询|致电|拨打)"
-                                    r"\s*9\d{4}|(官方|官网|网点|柜台|柜面)(办理|查询|咨询)?")),
+                                    r"\s*9\d{4}|(?<!别)(?<!别去)(?<!不要去)(?<!不用去)(?<!别去银行)(?<!不要去银行)(?<!不用去银行)"
+                                    r"(官方|官网|网点|柜台|柜面)(办理|查询|咨询)?")),
     ("unsubscribe", re.compile(r"回复?TD退订|退订回T|拒收请回复")),
 )
 LINK_KINDS = ("look-alike", "short-link", "risky-ending", "unknown-link")

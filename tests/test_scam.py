@@ -12,6 +12,7 @@ import pytest
 from classifiers.scam import (
     DATA_FILE,
     MAX_CHECK_CHARS,
+    REASSURANCES,
     SCAM_TYPES,
     ScamChecker,
     extract_links,
@@ -132,3 +133,11 @@ def test_check_message_eval_prints_recall_and_false_positives(tmp_path):
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["recall"] == 1.0 and report["false_positive_rate"] == 0.0
+
+
+def test_a_demand_for_secrecy_is_not_mistaken_for_a_reassurance():
+    reassurances = dict(REASSURANCES)
+    assert reassurances["never-share"].search("验证码123456，请勿告诉任何人")
+    assert not reassurances["never-share"].search("这是机密，不要告诉家人，也别告诉银行")
+    assert reassurances["official-contact"].search("请到银行柜台办理")
+    assert not reassurances["official-contact"].search("千万别去银行柜台办，柜员会拦你")

@@ -102,9 +102,12 @@ def create_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncE
         event.listen(engine.sync_engine, "connect", _tune_sqlite)
         event.listen(engine.sync_engine, "begin", _begin_sqlite)
         return engine
+    # No pool_pre_ping: with asyncpg it is three round trips (BEGIN, ping, ROLLBACK) on
+    # every checkout, as many as the message's own work.  A connection that died with the
+    # database fails once instead; SQLAlchemy then invalidates the whole pool and the
+    # engine runs the turn again (bot.engine).
     return create_async_engine(
-        target, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
-        hide_parameters=True,
+        target, echo=echo, pool_size=pool_size, max_overflow=pool_size, hide_parameters=True,
     )
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot import complaint_records as records
@@ -167,6 +167,13 @@ class Engine:
                 if attempt:
                     raise
                 log.info("turn conflicted with a concurrent one; running it again")
+            except DBAPIError as error:
+                # Pooled connections are not pinged before use (a ping costs three round
+                # trips on every message); a connection that died with a database restart
+                # fails here once, the pool replaces all of them, and the turn runs again.
+                if attempt or not error.connection_invalidated:
+                    raise
+                log.warning("database connection lost; running the turn again")
         raise AssertionError("unreachable")
 
     async def handle_turn(self, turn: Turn) -> list[Reply]:

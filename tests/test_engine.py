@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from sqlalchemy import select
+from sqlalchemy import text as sql
 
+from bot import db
+from bot.config import build_config
 from bot.messages import Incoming
 from bot.models import Conversation, UnansweredQuestion
 from bot.services import open_services
+from tests.conftest import postgres_url, reset_postgres
 
 
 def said(replies) -> str:
@@ -150,3 +154,27 @@ async def test_digits_stay_text_on_channels_with_buttons(services):
     await services.chat.handle(Incoming("web", "n2", text="你好"))
     replies = await services.chat.handle(Incoming("web", "n2", text="5"))
     assert "使用方法" not in said(replies)
+
+
+async def test_a_turn_survives_pooled_connections_the_database_dropped(knowledge_index):
+    """PostgreSQL restarted between two messages: the next one is answered, not failed."""
+    url = postgres_url()
+    await reset_postgres(url)
+    opened = await open_services(build_config({"database": {"url": url}}, environ={}),
+                                 knowledge_index)
+    admin = db.create_engine(url)
+    try:
+        await opened.chat.handle(Incoming(channel="web", user_id="u1", text="你好"))
+        async with admin.connect() as connection:  # every other backend: the service's pool
+            dropped = (await connection.execute(sql(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"))).scalar_one()
+        assert dropped >= 1
+        replies = await opened.chat.handle(Incoming(channel="web", user_id="u1", text="菜单"))
+        assert "请选择" in said(replies)
+        async with opened.sessions() as session:
+            row = await session.get(Conversation, ("web", "u1"))
+        assert row is not None and row.state["turns"] == 2
+    finally:
+        await admin.dispose()
+        await opened.engine.dispose()

@@ -82,7 +82,13 @@ def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
 def _begin_sqlite(connection: Any) -> None:
     """Take SQLite's write lock at BEGIN, so a busy writer is waited for, not failed."""
     read_only = connection.get_execution_options().get("xiaobao_read_only", False)
-    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+    # Straight to the driver's cursor: a full SQLAlchemy execution of one BEGIN per
+    # transaction cost as much as the turn's own SELECT.
+    cursor = connection.connection.dbapi_connection.cursor()
+    try:
+        cursor.execute("BEGIN" if read_only else "BEGIN IMMEDIATE")
+    finally:
+        cursor.close()
 
 
 def create_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncEngine:

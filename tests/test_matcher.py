@@ -63,3 +63,32 @@ def test_suggestions_are_the_closest_entries(matcher):
     assert 1 <= len(result.candidates) <= 3
     scores = [c.similarity for c in result.candidates]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_the_slot_layout_gives_each_entry_its_best_phrasing():
+    # The per-entry max runs over phrasing-major slots; it must equal a reduceat over rows
+    # kept in entry order, whatever the number of phrasings per entry.
+    import numpy as np
+
+    from knowledge.matcher import _EntryMax
+
+    rng = np.random.default_rng(3)
+    row_entry = np.repeat(np.arange(300), rng.integers(1, 9, size=300))
+    scores = rng.random(len(row_entry)) * (rng.random(len(row_entry)) < 0.3)
+    layout = _EntryMax(row_entry)
+    in_slots = np.empty_like(scores)
+    in_slots[layout.slot_of_row] = scores
+    starts = np.flatnonzero(np.r_[True, np.diff(row_entry) != 0])
+    assert np.array_equal(layout.best(in_slots), np.maximum.reduceat(scores, starts))
+
+
+def test_the_best_entries_keep_the_argpartition_order_even_with_ties():
+    import numpy as np
+
+    from knowledge.matcher import _top_entries
+
+    rng = np.random.default_rng(4)
+    for scores in (rng.random(5000), rng.integers(0, 40, size=5000) / 40.0, np.zeros(5000)):
+        expected = np.argpartition(-scores, 2)[:3]
+        expected = expected[np.argsort(-scores[expected], kind="stable")]
+        assert list(_top_entries(scores, 3)) == list(expected)

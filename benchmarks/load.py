@@ -27,6 +27,7 @@ import importlib.util
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -36,7 +37,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,58 @@ def proc_figures(pid: int) -> dict[str, float]:
     except (FileNotFoundError, IndexError, ValueError):
         pass
     return figures
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine has spent busy since boot (/proc/stat)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU seconds used so far by the PostgreSQL server's processes (command name
+    `postgres`); a backend that exits during a phase takes its share with it."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != "postgres":
+                continue
+        except OSError:
+            continue
+        total += proc_figures(int(entry.name))["cpu_seconds"]
+    return total
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class CpuWindow:
+    """Where the machine's CPU went during one phase: the whole machine, the load
+    generator (a child of this process) and the PostgreSQL server."""
+
+    wall: float = field(default_factory=time.monotonic)
+    busy: float = field(default_factory=machine_busy_seconds)
+    generator: float = field(default_factory=_children_cpu_seconds)
+    postgres: float = field(default_factory=postgres_cpu_seconds)
+
+    def close(self) -> dict[str, float]:
+        """The figures since the window opened, in seconds and in cores."""
+        wall = max(time.monotonic() - self.wall, 1e-9)
+        busy = machine_busy_seconds() - self.busy
+        return {"wall_seconds": round(wall, 1),
+                "machine_busy_cores": round(busy / wall, 2),
+                "machine_cores": os.cpu_count() or 0,
+                "generator_cores": round((_children_cpu_seconds() - self.generator) / wall, 2),
+                "postgres_cores": round((postgres_cpu_seconds() - self.postgres) / wall, 2)}
 
 
 @dataclass
@@ -218,7 +271,9 @@ def measure(service: Service, plan: Plan, label: str) -> dict[str, Any]:
     before = {pid: proc_figures(pid)["cpu_seconds"] for pid in workers}
     log(f"{label}: {plan.mix} load, {plan.concurrency} connections, "
         f"{plan.warmup_seconds:.0f} s warm-up + {plan.duration_seconds:.0f} s measured")
+    window = CpuWindow()
     result = drive(plan)
+    result["cpu"] = window.close()
     after = {pid: proc_figures(pid) for pid in workers}
     result["workers"] = [
         {"pid": pid, "peak_rss_mb": after[pid]["peak_rss_mb"],
@@ -397,7 +452,9 @@ def _measure_many(services: list[Service], plan: Plan) -> dict[str, Any]:
     before = {s.process.pid: proc_figures(s.process.pid)["cpu_seconds"] for s in services}
     label = "2 workers, PostgreSQL, mixed"
     log(f"{label}: mixed load over {len(services)} processes, {plan.concurrency} connections")
+    window = CpuWindow()
     result = drive(plan)
+    result["cpu"] = window.close()
     result["workers"] = []
     for service in services:
         pid = service.process.pid
@@ -471,6 +528,17 @@ def report(result: dict[str, Any]) -> str:
         for worker in phase["workers"]:
             lines.append(f"| {phase['label']} | {worker['pid']} | {worker['peak_rss_mb']} MB "
                          f"| {worker['cpu_seconds_during_load']} |")
+    lines += ["", "| phase | wall s | machine busy (cores) | workers (cores) | load generator "
+              "(cores) | PostgreSQL (cores) |", "|---|---:|---:|---:|---:|---:|"]
+    for phase in result["phases"].values():
+        cpu = phase.get("cpu")
+        if not cpu:
+            continue
+        workers = sum(w["cpu_seconds_during_load"] for w in phase["workers"])
+        lines.append(f"| {phase['label']} | {cpu['wall_seconds']} | "
+                     f"{cpu['machine_busy_cores']} of {cpu['machine_cores']} | "
+                     f"{workers / cpu['wall_seconds']:.2f} | {cpu['generator_cores']} | "
+                     f"{cpu['postgres_cores']} |")
     ours, peer = result["phases"].get("sqlite_1_wechat"), result["phases"].get("werobot_echo")
     if ours and peer:
         lines += ["", "xiaobao WeChat question path / WeRoBot echo: throughput "

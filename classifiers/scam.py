@@ -37,8 +37,12 @@ SCAM_TYPES = (
 )
 # Verdict thresholds are chosen in `fit` from cross-validated scores of the training
 # messages: "suspicious" where at most SUSPICIOUS_FPR of legitimate messages score
-# higher, "scam" where at most SCAM_FPR do.  Never below these floors.
-SUSPICIOUS_FPR = 0.04
+# higher, "scam" where at most SCAM_FPR do.  Never below these floors.  Missing a scam
+# costs a consumer far more than a second look at a real notice, so SUSPICIOUS_FPR spends
+# most of the 5% false-positive budget: in 5-fold CV on the training file (2 seeds) 0.04
+# gave recall 94.3% at 3.0% flagged legitimate, 0.05 gives 95.5% at 3.6%, 0.06 gave
+# 96.0% at 4.3% (too close to the budget).
+SUSPICIOUS_FPR = 0.05
 SCAM_FPR = 0.01
 SCAM_FLOOR = 0.75
 SUSPICIOUS_FLOOR = 0.4

@@ -103,21 +103,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
     web.run_app(app, host=config.http.host, port=config.http.port, print=None,
-                access_log=None, reuse_port=worker is not None, loop=new_event_loop())
+                access_log=None, reuse_port=worker is not None)
     return 0
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop where it is installed (Linux, macOS), else the standard loop.
-
-    libuv's loop makes each HTTP request and socket wake-up cheaper than the standard
-    library's selector loop (figures in benchmarks/README.md).
-    """
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 def _serve_workers(args: argparse.Namespace, config: Config) -> int:

@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from bot.cli import new_event_loop
-
 REPO = Path(__file__).resolve().parents[1]
 ASK_FIELDS = {"query", "topic", "entry_id", "title", "score", "answer", "suggestions"}
 
@@ -90,11 +88,3 @@ def test_config_file_option_and_unknown_key(tmp_path):
     assert done.returncode == 2
     assert "http.prot" in done.stderr.decode()
 
-
-def test_the_service_runs_on_uvloop_where_it_is_installed():
-    uvloop = pytest.importorskip("uvloop")  # a dependency on Linux and macOS (pyproject.toml)
-    loop = new_event_loop()
-    try:
-        assert isinstance(loop, uvloop.Loop)
-    finally:
-        loop.close()

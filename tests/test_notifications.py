@@ -18,6 +18,7 @@ import email.policy
 import itertools
 import random
 import ssl
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -776,6 +777,34 @@ async def test_staff_replies_are_pushed_to_telegram_consumers_in_order(
     assert delivered["网页用户的回复"] is None  # the engine shows it at the next message
     await dispatcher.run_once()
     assert len(telegram_texts(bot_api, consumer)) == 2
+
+
+async def test_a_slow_push_on_sqlite_does_not_hold_up_the_consumers_chat(
+    sessions, complaints, labels, clock
+):
+    """SQLite has one connection per worker: a push must not keep it across the network."""
+    filed = await complaints.file(channel="telegram", user_id="700123457")
+    async with sessions() as session, session.begin():
+        session.add(ConsumerMessage(complaint_id=filed.id, channel="telegram",
+                                    user_id="700123457", text="机构的回复"))
+    sent: list[str] = []
+
+    async def slow_push(user_id: str, text: str) -> None:
+        await asyncio.sleep(1.0)
+        sent.append(text)
+
+    dispatcher = make_dispatcher(sessions, settings(), labels, clock,
+                                 consumer_push={"telegram": slow_push})
+    pushing = asyncio.create_task(dispatcher.run_once())
+    await asyncio.sleep(0.2)  # the push is on its way
+    started = time.monotonic()
+    async with sessions() as session, session.begin():  # what a chat turn does
+        await session.execute(select(ConsumerMessage.id))
+    assert time.monotonic() - started < 0.5
+    await pushing
+    assert sent == ["机构的回复"]
+    [message] = await rows(sessions, ConsumerMessage)
+    assert message.delivered_at is not None
 
 
 # -- rendering and channels -----------------------------------------------------------------

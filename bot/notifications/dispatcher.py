@@ -80,6 +80,8 @@ class Dispatcher:
         self.batch_size = batch_size
         self.rate_limits = {"wecom": settings.wecom_per_minute}
         self._push_failures: dict[int, _PushFailures] = {}
+        # SQLite: one worker, one connection shared with every chat turn (`_push_one`).
+        self._single_writer = sessions.kw["bind"].dialect.name == "sqlite"
 
     # -- the loop ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -271,7 +273,17 @@ class Dispatcher:
         return failures is None or failures.not_before <= self.clock()
 
     async def _push_one(self, message_id: int, push: Push) -> bool:
-        """Send one message while holding its row (PostgreSQL) and mark it delivered."""
+        """Send one staff message to its consumer and mark it delivered.
+
+        On PostgreSQL every worker runs a dispatcher, so the row stays locked (FOR UPDATE
+        SKIP LOCKED) while it is sent and no two workers send it.  SQLite serves one worker
+        with a single connection that every chat turn needs too (`bot.db`); holding it
+        across a network call would stall the whole service for up to the send timeout.
+        There the message is read, sent, then marked: a consumer who writes at that very
+        moment may see it twice, never not at all.
+        """
+        if self._single_writer:
+            return await self._push_unlocked(message_id, push)
         async with self.sessions() as session, session.begin():
             message = await session.scalar(
                 select(ConsumerMessage)
@@ -279,14 +291,36 @@ class Dispatcher:
                 .with_for_update(skip_locked=True))
             if message is None:
                 return True  # another worker or the engine delivered it
-            try:
-                async with asyncio.timeout(self.settings.send_timeout_seconds):
-                    await push(message.user_id, message.text)
-            except (DeliveryError, TimeoutError) as error:
-                self._note_push_failure(message_id, error)
+            if not await self._send_push(message_id, push, message.user_id, message.text):
                 return False
             message.delivered_at = self.clock()
         self._push_failures.pop(message_id, None)
+        return True
+
+    async def _push_unlocked(self, message_id: int, push: Push) -> bool:
+        async with self.sessions() as session:
+            message = await session.scalar(
+                select(ConsumerMessage)
+                .where(ConsumerMessage.id == message_id, ConsumerMessage.delivered_at.is_(None)))
+        if message is None:
+            return True  # the engine showed it in the chat meanwhile
+        if not await self._send_push(message_id, push, message.user_id, message.text):
+            return False
+        async with self.sessions() as session, session.begin():
+            await session.execute(
+                update(ConsumerMessage)
+                .where(ConsumerMessage.id == message_id, ConsumerMessage.delivered_at.is_(None))
+                .values(delivered_at=self.clock()))
+        self._push_failures.pop(message_id, None)
+        return True
+
+    async def _send_push(self, message_id: int, push: Push, user_id: str, text: str) -> bool:
+        try:
+            async with asyncio.timeout(self.settings.send_timeout_seconds):
+                await push(user_id, text)
+        except (DeliveryError, TimeoutError) as error:
+            self._note_push_failure(message_id, error)
+            return False
         return True
 
     def _note_push_failure(self, message_id: int, error: Exception) -> None:

@@ -8,7 +8,7 @@ import logging
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
 from bot import db
@@ -164,6 +164,20 @@ async def test_an_extended_deadline_arms_the_warnings_again(sessions):
     assert [e.detail["deadline_days"] for e in escalated] == [15, 30]
 
 
+async def until_a_backend_waits_on_a_lock(engine, timeout: float = 15.0) -> None:
+    """Wait (rather than sleep a guessed time) until PostgreSQL shows a backend blocked."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        async with engine.connect() as connection:
+            waiting = (await connection.execute(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'"))).scalar_one()
+        if waiting:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the racing insert never waited on the first one's key")
+
+
 async def test_racing_workers_still_write_each_notice_once():
     url = postgres_url()
     await reset_postgres(url)
@@ -172,16 +186,17 @@ async def test_racing_workers_still_write_each_notice_once():
     sessions = db.create_sessionmaker(engine)
     try:
         ids = await add(sessions, spec(40, 16))
+        directory = Directory.load()
         first, second = sessions(), sessions()
         await first.begin()
-        await run_once(first, Directory.load(), NOW)  # flushed, not committed yet
+        await run_once(first, directory, NOW)  # flushed, not committed yet
 
         async def racer() -> None:
             async with second.begin():
-                await run_once(second, Directory.load(), NOW)
+                await run_once(second, directory, NOW)
 
         racing = asyncio.create_task(racer())
-        await asyncio.sleep(0.3)  # the second insert waits on the first's unique key
+        await until_a_backend_waits_on_a_lock(engine)  # the second insert, on the unique key
         await first.commit()
         with pytest.raises(IntegrityError):
             await racing

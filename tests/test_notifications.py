@@ -788,19 +788,21 @@ async def test_a_slow_push_on_sqlite_does_not_hold_up_the_consumers_chat(
         session.add(ConsumerMessage(complaint_id=filed.id, channel="telegram",
                                     user_id="700123457", text="机构的回复"))
     sent: list[str] = []
+    on_its_way = asyncio.Event()
 
     async def slow_push(user_id: str, text: str) -> None:
-        await asyncio.sleep(1.0)
+        on_its_way.set()
+        await asyncio.sleep(2.0)
         sent.append(text)
 
     dispatcher = make_dispatcher(sessions, settings(), labels, clock,
                                  consumer_push={"telegram": slow_push})
     pushing = asyncio.create_task(dispatcher.run_once())
-    await asyncio.sleep(0.2)  # the push is on its way
+    await asyncio.wait_for(on_its_way.wait(), 10)
     started = time.monotonic()
     async with sessions() as session, session.begin():  # what a chat turn does
         await session.execute(select(ConsumerMessage.id))
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 1.0
     await pushing
     assert sent == ["机构的回复"]
     [message] = await rows(sessions, ConsumerMessage)

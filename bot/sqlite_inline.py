@@ -144,8 +144,9 @@ class _LockWaitingCursor(InlineCursor):
 
 
 def _is_busy(error: sqlite3.OperationalError) -> bool:
-    return getattr(error, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, 6) or (
-        "database is locked" in str(error))
+    """A lock held by another connection (worth waiting for), not a real failure."""
+    return getattr(error, "sqlite_errorcode", None) in (
+        sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "database is locked" in str(error)
 
 
 def async_creator(database: str, busy_timeout_s: float) -> Callable[[], Any]:

@@ -68,7 +68,8 @@ async def stored_reply(session: AsyncSession, channel: str, key: str) -> str | N
 async def store_reply(session: AsyncSession, channel: str, key: str, reply: str) -> None:
     """Remember what a delivery was answered, so its retries get exactly the same."""
     connection = await session.connection()
-    await connection.execute(_STORE_REPLY, {"of_channel": channel, "of_key": key, "new_reply": reply})
+    await connection.execute(_STORE_REPLY,
+                             {"of_channel": channel, "of_key": key, "new_reply": reply})
 
 
 # -- pages of long answers -----------------------------------------------------------------

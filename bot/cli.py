@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -340,22 +340,44 @@ def cmd_kb_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_kb_unanswered(args: argparse.Namespace) -> int:
-    """The most frequent declined or low-score questions, for curators."""
+# -- one-shot database commands ------------------------------------------------------------
+def _on_database(config: Config, work: Callable[[Any], Awaitable[Any]], *,
+                 migrate: bool = True) -> Any:
+    """Run `await work(sessions)` on the configured database (migrated first unless
+    `migrate` is false or `database.auto_migrate` is off), then close it."""
     from bot import db
-    from knowledge.curation import most_unanswered
 
-    config = _config(args)
-
-    async def main() -> list[dict[str, Any]]:
+    async def main() -> Any:
+        if migrate and config.database.auto_migrate:
+            await db.upgrade(config.database.url)
         engine = db.create_engine(config.database.url)
         try:
-            async with db.create_sessionmaker(engine)() as session:
-                return await most_unanswered(session, args.limit)
+            return await work(db.create_sessionmaker(engine))
         finally:
             await engine.dispose()
 
-    rows = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def _in_transaction(config: Config, work: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Run `await work(session)` in one committed transaction on the configured database."""
+
+    async def run(sessions: Any) -> Any:
+        async with sessions() as session, session.begin():
+            return await work(session)
+
+    return _on_database(config, run)
+
+
+def cmd_kb_unanswered(args: argparse.Namespace) -> int:
+    """The most frequent declined or low-score questions, for curators."""
+    from knowledge.curation import most_unanswered
+
+    async def read(sessions: Any) -> list[dict[str, Any]]:
+        async with sessions() as session:
+            return await most_unanswered(session, args.limit)
+
+    rows = _on_database(_config(args), read, migrate=False)
     if args.json:
         print(json.dumps(rows, ensure_ascii=False))
         return 0
@@ -369,7 +391,6 @@ def cmd_kb_unanswered(args: argparse.Namespace) -> int:
 # -- WeChat --------------------------------------------------------------------------------
 def cmd_wechat_push_menu(args: argparse.Namespace) -> int:
     """Publish `wechat.menu` as the official account's custom menu (or just print it)."""
-    from bot import db
     from handlers.wechat_api import publish_menu
     from handlers.wechat_protocol import MenuError, menu_definition
 
@@ -385,16 +406,7 @@ def cmd_wechat_push_menu(args: argparse.Namespace) -> int:
         raise UsageError("publishing the menu needs XIAOBAO_WECHAT_APP_ID and "
                          "XIAOBAO_WECHAT_APP_SECRET")
 
-    async def main() -> None:
-        if config.database.auto_migrate:
-            await db.upgrade(config.database.url)
-        engine = db.create_engine(config.database.url)
-        try:
-            await publish_menu(config.wechat, db.create_sessionmaker(engine), definition)
-        finally:
-            await engine.dispose()
-
-    asyncio.run(main())
+    _on_database(config, lambda sessions: publish_menu(config.wechat, sessions, definition))
     print(f"menu published: {len(definition['button'])} top-level buttons")
     return 0
 
@@ -402,7 +414,6 @@ def cmd_wechat_push_menu(args: argparse.Namespace) -> int:
 # -- oversight reports ---------------------------------------------------------------------
 def cmd_report_quarterly(args: argparse.Namespace) -> int:
     """The quarter's complaints per institution, top three per sector and the other figures."""
-    from bot import db
     from bot.reports import ReportError, check_period, quarterly_report, render
     from classifiers.institutions import Directory
 
@@ -412,19 +423,12 @@ def cmd_report_quarterly(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
     config = _config(args)
 
-    async def main() -> str:
-        if config.database.auto_migrate:
-            await db.upgrade(config.database.url)
-        engine = db.create_engine(config.database.url)
-        try:
-            async with db.create_sessionmaker(engine)() as session:
-                report = await quarterly_report(session, Directory.load(), args.year,
-                                                args.quarter, sectors=args.sector)
-        finally:
-            await engine.dispose()
-        return render(report, args.format)
+    async def read(sessions: Any) -> Any:
+        async with sessions() as session:
+            return await quarterly_report(session, Directory.load(), args.year,
+                                          args.quarter, sectors=args.sector)
 
-    sys.stdout.write(asyncio.run(main()))
+    sys.stdout.write(render(_on_database(config, read), args.format))
     return 0
 
 
@@ -442,23 +446,13 @@ async def _first_admin_link(sessions: Any, config: Config) -> str | None:
     return None if token is None else invite_link(config.staff.base_url(config.http), token)
 
 
-def _staff_transaction(config: Config, work: Callable[..., Any]) -> Any:
+def _staff_transaction(config: Config, work: Callable[..., Awaitable[Any]]) -> Any:
     """Run `work(session, accounts, directory)` in one committed transaction."""
-    from bot import db
     from bot.staff_accounts import StaffAccounts
     from classifiers.institutions import Directory
 
-    async def main() -> Any:
-        if config.database.auto_migrate:
-            await db.upgrade(config.database.url)
-        engine = db.create_engine(config.database.url)
-        try:
-            async with db.create_sessionmaker(engine)() as session, session.begin():
-                return await work(session, StaffAccounts(config.staff), Directory.load())
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(main())
+    return _in_transaction(
+        config, lambda session: work(session, StaffAccounts(config.staff), Directory.load()))
 
 
 def _print_invite(config: Config, username: str, token: str) -> None:
@@ -515,23 +509,6 @@ def cmd_staff_invite(args: argparse.Namespace) -> int:
 
 
 # -- notifications and Telegram links ------------------------------------------------------
-def _in_transaction(config: Config, work: Callable[[Any], Any]) -> Any:
-    """Run `await work(session)` in one committed transaction on the configured database."""
-    from bot import db
-
-    async def main() -> Any:
-        if config.database.auto_migrate:
-            await db.upgrade(config.database.url)
-        engine = db.create_engine(config.database.url)
-        try:
-            async with db.create_sessionmaker(engine)() as session, session.begin():
-                return await work(session)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(main())
-
-
 def cmd_staff_link_code(args: argparse.Namespace) -> int:
     """Print a one-time code that links a Telegram chat to a queue (/link CODE there)."""
     from bot.notifications.links import issue_code

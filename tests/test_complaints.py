@@ -44,12 +44,16 @@ class Chat:
                     return await self.send(action=button["action"])
         raise AssertionError(f"no button with {label_part!r} in {self.last}")
 
-    async def file_until_summary(self, story: str = STORY) -> str:
+    async def file_until_consent(self, story: str = STORY, when: str = "最近一个月内") -> str:
+        """Story, institution, date and wish: up to the question about personal data."""
         await self.send("我要投诉")
         await self.send(story)
         await self.press("对，是这家")
-        await self.press("最近一个月内")
-        await self.press("退款")
+        await self.press(when)
+        return await self.press("退款")
+
+    async def file_until_summary(self, story: str = STORY) -> str:
+        await self.file_until_consent(story)
         await self.press("同意")
         await self.send("张桂兰")
         await self.send(PHONE)
@@ -135,11 +139,7 @@ async def test_cancel_deletes_the_draft(client):
 
 async def test_no_consent_stores_nothing_and_says_where_else_to_complain(client):
     chat = Chat(client)
-    await chat.send("我要投诉")
-    await chat.send(STORY)
-    await chat.press("对，是这家")
-    await chat.press("今天")
-    await chat.press("退款")
+    await chat.file_until_consent(when="今天")
     refused = await chat.press("不同意")
     assert "12378" in refused and "95588" in refused
     assert await _rows(client, ComplaintDraft) == []
@@ -148,11 +148,7 @@ async def test_no_consent_stores_nothing_and_says_where_else_to_complain(client)
 
 async def test_invalid_phone_and_id_numbers_are_explained_and_asked_again(client):
     chat = Chat(client)
-    await chat.send("我要投诉")
-    await chat.send(STORY)
-    await chat.press("对，是这家")
-    await chat.press("今天")
-    await chat.press("退款")
+    await chat.file_until_consent(when="今天")
     await chat.press("同意")
     await chat.send("王五")
     assert "11位" in await chat.send("1380000")

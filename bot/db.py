@@ -117,6 +117,12 @@ def create_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncE
     )
 
 
+def has_one_connection(engine: AsyncEngine) -> bool:
+    """True on SQLite, where the process keeps a single pooled connection (see above):
+    whoever holds a session holds the whole worker's database access."""
+    return engine.dialect.name == "sqlite"
+
+
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions that keep loaded objects usable after commit (no implicit reloads)."""
     return async_sessionmaker(engine, expire_on_commit=False)

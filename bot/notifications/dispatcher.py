@@ -30,6 +30,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot import db
 from bot.config import NotificationsConfig
 from bot.models import ConsumerMessage, QueueChannel, utcnow
 from bot.notifications import outbox
@@ -81,7 +82,7 @@ class Dispatcher:
         self.rate_limits = {"wecom": settings.wecom_per_minute}
         self._push_failures: dict[int, _PushFailures] = {}
         # SQLite: one worker, one connection shared with every chat turn (`_push_one`).
-        self._single_writer = sessions.kw["bind"].dialect.name == "sqlite"
+        self._single_writer = db.has_one_connection(sessions.kw["bind"])
 
     # -- the loop ---------------------------------------------------------------------------
     async def run(self) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 import re
-import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,6 +19,7 @@ from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import complaint_records as records
+from bot.complaint_drafts import Draft, load_draft, new_draft
 from bot.complaint_form import (
     FIELD_BY_NAME,
     FIELDS,
@@ -33,6 +33,7 @@ from bot.complaint_form import (
 from bot.config import ChatConfig, ComplaintsConfig
 from bot.messages import Button, Reply
 from bot.models import ComplaintDraft, as_utc, utcnow
+from bot.transactions import Transaction
 from bot.validators import Invalid
 from classifiers.institutions import Directory
 from classifiers.triage import Triage
@@ -49,7 +50,7 @@ SHANGHAI = ZoneInfo("Asia/Shanghai")
 class DialogueTurn:
     """The parts of an engine turn the dialogue needs."""
 
-    session: AsyncSession
+    tx: Transaction
     state: dict[str, Any]
     channel: str
     user_id: str
@@ -68,14 +69,14 @@ class ComplaintDialogue:
         self.rng = rng or random.SystemRandom()
 
     # -- draft storage -----------------------------------------------------------------
-    async def draft(self, turn: DialogueTurn, now: datetime | None = None) -> ComplaintDraft | None:
+    async def draft(self, turn: DialogueTurn, now: datetime | None = None) -> Draft | None:
         """The user's live draft; an expired one is deleted instead."""
-        row = await turn.session.get(ComplaintDraft, (turn.channel, turn.user_id))
+        row = await load_draft(turn.tx, turn.channel, turn.user_id)
         if row is None:
             return None
         now = now or utcnow()
         if as_utc(row.updated_at) < now - timedelta(days=self.config.draft_expiry_days):
-            await turn.session.delete(row)
+            row.discard()
             return None
         return row
 
@@ -86,9 +87,8 @@ class ComplaintDialogue:
             ComplaintDraft.updated_at < cutoff))
         return int(result.rowcount or 0)
 
-    def _save(self, row: ComplaintDraft, data: dict[str, Any]) -> None:
-        row.data = dict(data)
-        row.updated_at = utcnow()
+    def _save(self, row: Draft, data: dict[str, Any]) -> None:
+        row.update(data)
 
     # -- entry points ------------------------------------------------------------------
     async def start(self, turn: DialogueTurn, story: str | None = None) -> list[Reply]:
@@ -97,10 +97,7 @@ class ComplaintDialogue:
         if row is not None:
             turn.state["mode"] = "complaint"
             return [self._resume_offer(row)]
-        row = ComplaintDraft(channel=turn.channel, user_id=turn.user_id,
-                             draft_key=secrets.token_hex(8), data={"values": {}, "order": []},
-                             created_at=utcnow(), updated_at=utcnow())
-        turn.session.add(row)
+        row = new_draft(turn.tx, turn.channel, turn.user_id)
         turn.state["mode"] = "complaint"
         if story and len(story.strip()) >= 8:
             return await self._accept(turn, row, dict(row.data), FIELD_BY_NAME["story"], story)
@@ -146,7 +143,7 @@ class ComplaintDialogue:
         turn.state["mode"] = "complaint"
         data = dict(row.data)
         if command == "cancel":
-            await turn.session.delete(row)
+            row.discard()
             turn.state.pop("mode", None)
             return [Reply("已取消，您填写的内容都已删除。需要时可以随时重新投诉。",
                           (Button("我要投诉", "complaint"), MENU))]
@@ -173,7 +170,7 @@ class ComplaintDialogue:
         return [self._current_prompt(data)]
 
     # -- steps -------------------------------------------------------------------------
-    async def _accept(self, turn: DialogueTurn, row: ComplaintDraft, data: dict[str, Any],
+    async def _accept(self, turn: DialogueTurn, row: Draft, data: dict[str, Any],
                       field: FormField, text: str) -> list[Reply]:
         context = FormContext(self.directory, {**data, **data["values"]})
         try:
@@ -192,7 +189,7 @@ class ComplaintDialogue:
         if field.name == "story":
             data.update(self._triage(value))
         if field.name == "consent" and value == "no":
-            await turn.session.delete(row)
+            row.discard()
             turn.state.pop("mode", None)
             return [self._no_consent(data)]
         self._save(row, data)
@@ -210,7 +207,7 @@ class ComplaintDialogue:
                        "agent_reasons": list(result.agent_reasons)},
         }
 
-    def _back(self, row: ComplaintDraft) -> list[Reply]:
+    def _back(self, row: Draft) -> list[Reply]:
         data = dict(row.data)
         order = list(data["order"])
         if not order:
@@ -224,7 +221,7 @@ class ComplaintDialogue:
         self._save(row, data)
         return [self._current_prompt(data)]
 
-    def _edit(self, row: ComplaintDraft, field: FormField) -> list[Reply]:
+    def _edit(self, row: Draft, field: FormField) -> list[Reply]:
         data = dict(row.data)
         if field.name == "consent":
             return [self._current_prompt(data)]
@@ -233,7 +230,7 @@ class ComplaintDialogue:
         self._save(row, data)
         return [self._prompt(data, field)]
 
-    async def _confirm(self, turn: DialogueTurn, row: ComplaintDraft | None) -> list[Reply]:
+    async def _confirm(self, turn: DialogueTurn, row: Draft | None) -> list[Reply]:
         if row is None:
             return await self._already_confirmed(turn)
         data = dict(row.data)
@@ -247,7 +244,7 @@ class ComplaintDialogue:
             triage.get("sector") if triage.get("sector") in {"life", "property"} else "life")
         key = f"{turn.channel}:{turn.user_id}:{row.draft_key}"
         complaint = await records.file_complaint(
-            turn.session,
+            await turn.tx.session(),
             records.Submission(
                 channel=turn.channel, user_id=turn.user_id, confirmation_key=key, queue=queue,
                 institution=institution, sector=sector,
@@ -260,7 +257,7 @@ class ComplaintDialogue:
             ),
             self.directory, self.config.tracking_prefix, self.config.dashboard_url, self.rng,
         )
-        await turn.session.delete(row)
+        row.discard()
         turn.state.pop("mode", None)
         turn.state["last_confirmation"] = key
         turn.state["filed"] = True  # staff may now write back: the engine looks for replies
@@ -268,7 +265,8 @@ class ComplaintDialogue:
 
     async def _already_confirmed(self, turn: DialogueTurn) -> list[Reply]:
         key = turn.state.get("last_confirmation")
-        complaint = await records.find_by_confirmation(turn.session, key) if key else None
+        complaint = (await records.find_by_confirmation(await turn.tx.session(), key)
+                     if key else None)
         if complaint is None:
             return [Reply("没有找到需要提交的投诉。", (Button("我要投诉", "complaint"), MENU))]
         return [Reply(f"这份投诉已经提交过了，不会重复提交。受理编号：{complaint.tracking_no}",
@@ -301,7 +299,7 @@ class ComplaintDialogue:
         return Reply("\n".join(line for line in lines if line),
                      (Button("确认提交", "cx:confirm"), Button("修改", "cx:edit-menu"), CANCEL))
 
-    def _resume_offer(self, row: ComplaintDraft) -> Reply:
+    def _resume_offer(self, row: Draft) -> Reply:
         story = str(row.data.get("values", {}).get("story", ""))
         about = f"（“{story[:20]}…”）" if story else ""
         return Reply(f"您有一份还没填完的投诉{about}，要接着填吗？",

@@ -28,13 +28,14 @@ class ComplaintStatus:
     async def ask(self, turn: DialogueTurn, tracking_no: str | None) -> list[Reply]:
         """"查进度 [编号]": show it, ask to verify, or list the user's own complaints."""
         if tracking_no is None:
-            own = await records.complaints_of(turn.session, turn.channel, turn.user_id)
+            session = await turn.tx.session()
+            own = await records.complaints_of(session, turn.channel, turn.user_id)
             if not own:
                 turn.state["mode"] = "status"
                 return [Reply("请发送您的投诉受理编号（比如 BB-2611-7K3Q），我帮您查。", (MENU,))]
             buttons = tuple(Button(c.tracking_no, f"status:{c.tracking_no}") for c in own)
             return [Reply("您提交过这些投诉，请选择要查看的一件：", (*buttons, MENU))]
-        complaint = await records.find_by_tracking(turn.session, tracking_no)
+        complaint = await records.find_by_tracking(await turn.tx.session(), tracking_no)
         if complaint is None:
             return [Reply(f"没有找到编号为 {tracking_no} 的投诉，请核对后再发一次。", (MENU,))]
         if self._may_see(turn, complaint):
@@ -46,7 +47,8 @@ class ComplaintStatus:
     async def verify(self, turn: DialogueTurn, text: str) -> list[Reply]:
         """Check the last four digits of the phone number for a pending lookup."""
         pending: dict[str, Any] = turn.state.get("verify") or {}
-        complaint = await records.find_by_tracking(turn.session, pending.get("tracking_no", ""))
+        session = await turn.tx.session()
+        complaint = await records.find_by_tracking(session, pending.get("tracking_no", ""))
         if complaint is None:
             turn.state.pop("mode", None)
             return [Reply("没有找到这件投诉。", (MENU,))]
@@ -67,7 +69,7 @@ class ComplaintStatus:
     async def withdraw(self, turn: DialogueTurn, tracking_no: str, confirmed: bool
                        ) -> list[Reply]:
         """Ask to confirm, then record the withdrawal (never a deletion)."""
-        complaint = await records.find_by_tracking(turn.session, tracking_no)
+        complaint = await records.find_by_tracking(await turn.tx.session(), tracking_no)
         if complaint is None or not self._may_see(turn, complaint):
             return [Reply("只有投诉人本人才能撤回这件投诉。", (MENU,))]
         if complaint.status in {"withdrawn", "resolved"}:
@@ -76,7 +78,7 @@ class ComplaintStatus:
             return [Reply(f"确定要撤回投诉 {tracking_no} 吗？撤回后机构会停止处理。",
                           (Button("确定撤回", f"withdraw-yes:{tracking_no}"),
                            Button("不撤回", f"status:{tracking_no}")))]
-        await records.withdraw(turn.session, complaint, actor="consumer")
+        await records.withdraw(await turn.tx.session(), complaint, actor="consumer")
         return [Reply(f"投诉 {tracking_no} 已撤回，记录会保留。如果以后还需要，可以重新投诉。",
                       (MENU,))]
 
@@ -95,7 +97,7 @@ class ComplaintStatus:
         if complaint.status not in {"withdrawn", "resolved"}:
             lines.append(f"处理时限：{as_utc(complaint.deadline_at).astimezone(SHANGHAI):%Y年%m月%d日}前"
                          f"（{complaint.deadline_days}日）")
-        for reply in await records.staff_replies(turn.session, complaint):
+        for reply in await records.staff_replies(await turn.tx.session(), complaint):
             heading = "机构请您补充" if reply.kind == "info-requested" else "机构回复"
             lines.append(f"{heading}（{as_utc(reply.at).astimezone(SHANGHAI):%m月%d日}）："
                          f"{reply.detail.get('text', '')}")

@@ -13,9 +13,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot import complaint_records as records
 from bot import texts
@@ -26,6 +25,7 @@ from bot.messages import Button, Incoming, Reply
 from bot.models import Complaint, ConsumerMessage, UnansweredQuestion, utcnow
 from bot.privacy import redact
 from bot.state import load_state, save_state
+from bot.transactions import Transaction, Transactions
 from classifiers.intent import (
     Intent,
     complaint_story,
@@ -46,13 +46,18 @@ LEAVE_MODE_INTENTS = frozenset(
 )
 UNANSWERED_TEXT_CHARS = 500
 SUGGESTION_FLOOR = 0.12
+# Built once: a declined question is kept on many messages (see bot.transactions).
+_KEEP_UNANSWERED = insert(UnansweredQuestion).values(
+    text=bindparam("text"), normalized=bindparam("normalized"), score=bindparam("score"),
+    candidates=bindparam("candidates", type_=UnansweredQuestion.__table__.c.candidates.type),
+    created_at=bindparam("now", type_=UnansweredQuestion.__table__.c.created_at.type))
 
 
 @dataclass
 class Turn:
-    """What one message may read and change: the session, the user's state, the input."""
+    """What one message may read and change: the transaction, the user's state, the input."""
 
-    session: AsyncSession
+    tx: Transaction
     state: dict[str, Any]
     incoming: Incoming
 
@@ -84,7 +89,7 @@ def _storable(incoming: Incoming) -> Incoming:
 
 
 def _dialogue(turn: Turn) -> DialogueTurn:
-    return DialogueTurn(turn.session, turn.state, turn.incoming.channel, turn.incoming.user_id)
+    return DialogueTurn(turn.tx, turn.state, turn.incoming.channel, turn.incoming.user_id)
 
 
 def _label(text: str) -> str:
@@ -96,14 +101,14 @@ class Engine:
 
     def __init__(
         self,
-        sessions: async_sessionmaker[AsyncSession],
+        transactions: Transactions,
         knowledge: KnowledgeIndex,
         chat: ChatConfig,
         scam: ScamChecker,
         complaints: ComplaintDialogue,
         status: ComplaintStatus,
     ) -> None:
-        self._sessions = sessions
+        self._transactions = transactions
         self.knowledge = knowledge
         self.chat = chat
         self.scam = scam
@@ -156,12 +161,12 @@ class Engine:
         incoming = _storable(incoming)
         for attempt in range(2):
             try:
-                async with self._sessions() as session, session.begin():
-                    state = await load_state(session, incoming.channel, incoming.user_id)
-                    turn = Turn(session=session, state=state, incoming=incoming)
+                async with self._transactions.begin() as tx:
+                    state = await load_state(tx, incoming.channel, incoming.user_id)
+                    turn = Turn(tx=tx, state=state, incoming=incoming)
                     replies = await self.handle_turn(turn)
                     state["turns"] = int(state.get("turns", 0)) + 1
-                    await save_state(session, incoming.channel, incoming.user_id, state)
+                    await save_state(tx, incoming.channel, incoming.user_id, state)
                 return replies
             except IntegrityError:
                 if attempt:
@@ -192,7 +197,8 @@ class Engine:
         # everyone else is spared a query on every message.
         if not turn.state.get("filed"):
             return []
-        rows = (await turn.session.execute(
+        session = await turn.tx.session()
+        rows = (await session.execute(
             select(ConsumerMessage, Complaint.tracking_no)
             .join(Complaint, Complaint.id == ConsumerMessage.complaint_id)
             .where(ConsumerMessage.channel == turn.incoming.channel,
@@ -210,7 +216,7 @@ class Engine:
     async def _dispatch(self, turn: Turn) -> list[Reply]:
         choice = numbered_choice(turn)
         if choice is not None:
-            turn = Turn(turn.session, turn.state, replace(turn.incoming, text=None,
+            turn = Turn(turn.tx, turn.state, replace(turn.incoming, text=None,
                                                           action=choice))
         action = (turn.incoming.action or "").strip()
         if action:
@@ -322,7 +328,7 @@ class Engine:
         turn.state["last_topic"] = result.best.entry.topic if result.answered else None
         if result.entry is not None:
             return [self.render_entry(result.entry)]
-        await self._record_unanswered(turn.session, result)
+        await self._record_unanswered(turn.tx, result)
         suggestions = tuple(
             Button(_label(c.entry.title), f"kb:{c.entry.id}")
             for c in result.candidates
@@ -337,21 +343,20 @@ class Engine:
                   (*suggestions, Button("按类别查找", "topics"), texts.BACK_TO_MENU)),
         ]
 
-    async def _record_unanswered(self, session: AsyncSession, result: MatchResult) -> None:
+    async def _record_unanswered(self, tx: Transaction, result: MatchResult) -> None:
         """Keep the question (personal numbers masked) for knowledge curators."""
         text = redact(result.query.strip())[:UNANSWERED_TEXT_CHARS]
         processor = self.knowledge.matcher.processor
-        session.add(
-            UnansweredQuestion(
-                text=text,
-                normalized=processor.content(processor.normalize(text))[:200],
-                score=result.confidence,
-                candidates=[
-                    {"entry_id": c.entry.id, "similarity": round(c.similarity, 4)}
-                    for c in result.candidates
-                ],
-            )
-        )
+        await tx.run(_KEEP_UNANSWERED, {
+            "text": text,
+            "normalized": processor.content(processor.normalize(text))[:200],
+            "score": result.confidence,
+            "candidates": [
+                {"entry_id": c.entry.id, "similarity": round(c.similarity, 4)}
+                for c in result.candidates
+            ],
+            "now": utcnow(),
+        })
 
     async def _cancel(self, turn: Turn) -> list[Reply]:
         if turn.state.get("mode") == "complaint":
@@ -397,7 +402,7 @@ class Engine:
         text = turn.state.pop("pending_check", None)
         if not text:
             return await self._menu(turn)
-        return await self._question(Turn(turn.session, turn.state,
+        return await self._question(Turn(turn.tx, turn.state,
                                          Incoming(turn.incoming.channel, turn.incoming.user_id,
                                                   text=text)))
 

@@ -18,6 +18,7 @@ from bot.complaint_status import ComplaintStatus
 from bot.config import Config
 from bot.engine import Engine
 from bot.fitted import knowledge_source, scam_advice
+from bot.transactions import Transactions
 from classifiers.scam import ScamChecker, build_scam_checker
 from classifiers.triage import Triage, build_triage
 from knowledge.index import KnowledgeIndex
@@ -30,6 +31,7 @@ class Services:
     config: Config
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
+    transactions: Transactions
     knowledge: KnowledgeIndex
     scam: ScamChecker
     triage: Triage
@@ -49,6 +51,7 @@ async def open_services(config: Config, knowledge: KnowledgeIndex | None = None)
         config.database.url, pool_size=config.database.pool_size, echo=config.database.echo
     )
     sessions = db.create_sessionmaker(engine)
+    transactions = Transactions(engine)
     if knowledge is None:
         knowledge = await asyncio.to_thread(KnowledgeIndex.build, knowledge_source(config))
     scam = await asyncio.to_thread(
@@ -63,10 +66,11 @@ async def open_services(config: Config, knowledge: KnowledgeIndex | None = None)
         config=config,
         engine=engine,
         sessions=sessions,
+        transactions=transactions,
         knowledge=knowledge,
         scam=scam,
         triage=triage,
-        chat=Engine(sessions, knowledge, config.chat, scam, complaints,
+        chat=Engine(transactions, knowledge, config.chat, scam, complaints,
                     ComplaintStatus(triage.directory)),
     )
 

@@ -91,6 +91,12 @@ class InlineConnection:
         self.busy_timeout_s = busy_timeout_s
 
     @property
+    def sqlite(self) -> sqlite3.Connection:
+        """The standard library connection, for statements run straight at the driver
+        (`bot.transactions`)."""
+        return self._conn
+
+    @property
     def isolation_level(self) -> str | None:
         return self._conn.isolation_level
 

@@ -2,11 +2,11 @@
 
 A restart, or a second worker answering the next message, must continue the same
 conversation; so the engine loads the state at the start of every message and saves it in
-the same transaction as whatever the message changed.  Callers own the session.
+the same transaction as whatever the message changed.  Callers own the transaction.
 
-Every message costs these two statements, so they are plain Core statements (one SELECT,
-one INSERT ... ON CONFLICT DO UPDATE) built once, rather than ORM loads and flushes: the ORM's
-identity-map and unit-of-work machinery cost more than the database itself here.  On
+Every message costs these two statements, so they are prebuilt statements (one SELECT,
+one INSERT ... ON CONFLICT DO UPDATE) run by `bot.transactions`, rather than ORM loads
+and flushes: the ORM's machinery cost more than the database itself here.  On
 PostgreSQL the SELECT locks the row (FOR UPDATE), so two messages of one user handled by
 two workers at once run one after the other instead of one overwriting the other's state;
 SQLite's write lock (BEGIN IMMEDIATE, `bot.db`) already serialises them.
@@ -17,9 +17,9 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import bindparam, select, text
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.models import Conversation, utcnow
+from bot.transactions import Transaction
 
 # Built once with bound parameters, so SQLAlchemy's compiled cache serves every message.
 # The upsert is textual because SQLAlchemy does not cache its ON CONFLICT constructs (each
@@ -42,18 +42,12 @@ _SAVE = text(
 )
 
 
-async def load_state(session: AsyncSession, channel: str, user_id: str) -> dict[str, Any]:
+async def load_state(tx: Transaction, channel: str, user_id: str) -> dict[str, Any]:
     """The saved state of one user on one channel, or an empty state for a new user."""
-    connection = await session.connection()
-    result = await connection.execute(_LOAD, {"channel": channel, "user_id": user_id})
-    state = result.scalar()
-    return dict(state) if state is not None else {}
+    row = await tx.first(_LOAD, {"channel": channel, "user_id": user_id})
+    return dict(row[0]) if row is not None and row[0] is not None else {}
 
 
-async def save_state(
-    session: AsyncSession, channel: str, user_id: str, state: dict[str, Any]
-) -> None:
+async def save_state(tx: Transaction, channel: str, user_id: str, state: dict[str, Any]) -> None:
     """Store the state; the caller's transaction makes it durable."""
-    connection = await session.connection()
-    await connection.execute(_SAVE, {
-        "channel": channel, "user_id": user_id, "state": state, "now": utcnow()})
+    await tx.run(_SAVE, {"channel": channel, "user_id": user_id, "state": state, "now": utcnow()})

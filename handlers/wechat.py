@@ -28,7 +28,6 @@ from collections.abc import AsyncIterator, Coroutine, Mapping
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy.exc import IntegrityError
 
 from bot.config import Config, ConfigError, WechatConfig
 from bot.limits import limits_of
@@ -117,13 +116,13 @@ class WechatChannel:
         if task in done:
             pages = task.result()
             reply = pages[0] if pages else ""
-            async with self.services.sessions() as session, session.begin():
-                await store.store_reply(session, CHANNEL, key, reply)
-                await store.save_pages(session, user, pages[1:])
+            async with self.services.transactions.begin() as tx:
+                await store.store_reply(tx, CHANNEL, key, reply)
+                await store.save_pages(tx, user, pages[1:])
             return reply or None
         late = "" if self.api is not None else STILL_WORKING
-        async with self.services.sessions() as session, session.begin():
-            await store.store_reply(session, CHANNEL, key, late)
+        async with self.services.transactions.begin() as tx:
+            await store.store_reply(tx, CHANNEL, key, late)
         self._spawn(self._deliver_late(task, user))
         log.info("wechat: answer overran the %.1f s budget; delivering it later",
                  self.config.reply_budget_seconds)
@@ -137,12 +136,11 @@ class WechatChannel:
         """
         now = asyncio.get_running_loop().time()
         purge = now >= self._next_purge
-        try:
-            async with self.services.sessions() as session, session.begin():
-                if purge:
-                    await store.purge_claims(session, CHANNEL)
-                await store.add_claim(session, CHANNEL, key)
-        except IntegrityError:
+        async with self.services.transactions.begin() as tx:
+            if purge:
+                await store.purge_claims(tx, CHANNEL)
+            claimed = await store.add_claim(tx, CHANNEL, key)
+        if not claimed:
             return False
         if purge:
             self._next_purge = now + CLAIM_PURGE_SECONDS
@@ -152,8 +150,8 @@ class WechatChannel:
         """A retry waits briefly for the first delivery's reply and repeats it."""
         loop = asyncio.get_running_loop()
         while True:
-            async with self.services.sessions() as session:
-                reply = await store.stored_reply(session, CHANNEL, key)
+            async with self.services.transactions.begin(read_only=True) as tx:
+                reply = await store.stored_reply(tx, CHANNEL, key)
             if reply is not None:
                 return reply or None
             remaining = deadline - loop.time()
@@ -175,8 +173,8 @@ class WechatChannel:
             else:
                 pages = pages[1:]
         try:
-            async with self.services.sessions() as session, session.begin():
-                await store.save_pages(session, user, pages)
+            async with self.services.transactions.begin() as tx:
+                await store.save_pages(tx, user, pages)
         except Exception:
             log.exception("wechat: could not keep the pages of a late answer")
 
@@ -195,8 +193,8 @@ class WechatChannel:
         if kind == "text":
             text = message.get("Content", "").strip()
             if text in MORE_WORDS:
-                async with self.services.sessions() as session:
-                    pending = await store.pending_pages(session, user)
+                async with self.services.transactions.begin(read_only=True) as tx:
+                    pending = await store.pending_pages(tx, user)
                 return pending or [NO_MORE_PAGES]
             limit = self.services.config.chat.max_text_chars
             return await self._engine(Incoming(CHANNEL, user, text=text[:limit], meta=NUMBERED))

@@ -4,18 +4,19 @@ Several workers answer WeChat behind one address, and WeChat retries a message t
 answer in five seconds, possibly at another worker.  So everything the channel remembers
 lives in rows: the deliveries already claimed (with the reply they got), the pages of a long
 answer still to be read with "更多", and the access token all workers share.  The caller
-owns the session and the transaction; these functions never commit.
+owns the transaction; these functions never commit.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import bindparam, delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.models import Conversation, ProcessedDelivery, SharedSecretCache, utcnow
 from bot.state import load_state, save_state
+from bot.transactions import Transaction
 
 PAGES_CHANNEL = "wechat-pages"
 DELIVERY_RETENTION = timedelta(days=1)
@@ -28,11 +29,14 @@ def aware(moment: datetime) -> datetime:
 
 # -- deliveries ----------------------------------------------------------------------------
 # Every WeChat message runs the claim, the reply and the pages statements, so they are built
-# once with bound parameters and run on the session's connection as Core statements: the
-# ORM's per-call statement analysis cost more than SQLite did.
-_CLAIM = insert(ProcessedDelivery).values(
-    channel=bindparam("in_channel"), delivery_key=bindparam("key"), reply=None,
-    created_at=bindparam("now"))
+# once with bound parameters and run by `bot.transactions` (straight at the driver on
+# SQLite): the ORM's per-call machinery cost more than SQLite did.  The claim is an
+# INSERT that does nothing on a duplicate key, so a retry is told apart by the row count
+# instead of by an error (on PostgreSQL it waits for the first claim's commit).
+_CLAIM = text(
+    "INSERT INTO processed_deliveries (channel, delivery_key, reply, created_at)"
+    " VALUES (:channel, :key, NULL, :now) ON CONFLICT (channel, delivery_key) DO NOTHING"
+).bindparams(bindparam("now", type_=ProcessedDelivery.__table__.c.created_at.type))
 _PURGE = delete(ProcessedDelivery).where(ProcessedDelivery.channel == bindparam("channel"),
                                          ProcessedDelivery.created_at < bindparam("before"))
 _REPLY_OF = select(ProcessedDelivery.reply).where(
@@ -45,48 +49,41 @@ _FORGET_PAGES = delete(Conversation).where(Conversation.channel == PAGES_CHANNEL
                                            Conversation.user_id == bindparam("user_id"))
 
 
-async def add_claim(session: AsyncSession, channel: str, key: str) -> None:
-    """Claim a delivery; fails with IntegrityError when another got it first."""
-    connection = await session.connection()
-    await connection.execute(_CLAIM, {"in_channel": channel, "key": key, "now": utcnow()})
+async def add_claim(tx: Transaction, channel: str, key: str) -> bool:
+    """Claim a delivery; False when another delivery of the same message got it first."""
+    return await tx.run(_CLAIM, {"channel": channel, "key": key, "now": utcnow()}) == 1
 
 
-async def purge_claims(session: AsyncSession, channel: str) -> None:
+async def purge_claims(tx: Transaction, channel: str) -> None:
     """Drop claims older than a day: WeChat stops retrying a message after seconds."""
-    connection = await session.connection()
-    await connection.execute(_PURGE, {"channel": channel,
-                                      "before": utcnow() - DELIVERY_RETENTION})
+    await tx.run(_PURGE, {"channel": channel, "before": utcnow() - DELIVERY_RETENTION})
 
 
-async def stored_reply(session: AsyncSession, channel: str, key: str) -> str | None:
+async def stored_reply(tx: Transaction, channel: str, key: str) -> str | None:
     """The reply given to a claimed delivery, or None while it is still being answered."""
-    connection = await session.connection()
-    result = await connection.execute(_REPLY_OF, {"channel": channel, "key": key})
-    return result.scalar()
+    row = await tx.first(_REPLY_OF, {"channel": channel, "key": key})
+    return row[0] if row is not None else None
 
 
-async def store_reply(session: AsyncSession, channel: str, key: str, reply: str) -> None:
+async def store_reply(tx: Transaction, channel: str, key: str, reply: str) -> None:
     """Remember what a delivery was answered, so its retries get exactly the same."""
-    connection = await session.connection()
-    await connection.execute(_STORE_REPLY,
-                             {"of_channel": channel, "of_key": key, "new_reply": reply})
+    await tx.run(_STORE_REPLY, {"of_channel": channel, "of_key": key, "new_reply": reply})
 
 
 # -- pages of long answers -----------------------------------------------------------------
-async def pending_pages(session: AsyncSession, user_id: str) -> list[str]:
+async def pending_pages(tx: Transaction, user_id: str) -> list[str]:
     """The pages of the last long answer the user has not read yet."""
-    state = await load_state(session, PAGES_CHANNEL, user_id)
+    state = await load_state(tx, PAGES_CHANNEL, user_id)
     pages = state.get("pages") or []
     return [str(page) for page in pages]
 
 
-async def save_pages(session: AsyncSession, user_id: str, pages: list[str]) -> None:
+async def save_pages(tx: Transaction, user_id: str, pages: list[str]) -> None:
     """Keep the unread pages; an empty list forgets them (and writes nothing if none were kept)."""
     if pages:
-        await save_state(session, PAGES_CHANNEL, user_id, {"pages": pages})
+        await save_state(tx, PAGES_CHANNEL, user_id, {"pages": pages})
         return
-    connection = await session.connection()
-    await connection.execute(_FORGET_PAGES, {"user_id": user_id})
+    await tx.run(_FORGET_PAGES, {"user_id": user_id})
 
 
 # -- the shared access token ---------------------------------------------------------------

@@ -158,8 +158,8 @@ async def test_concurrent_turns_of_one_sqlite_user_never_lose_an_update(services
     await asyncio.gather(*(services.chat.handle(Incoming(channel="web", user_id="same",
                                                          text="你好"))
                            for _ in range(8)))
-    async with services.sessions() as session:
-        state = await load_state(session, "web", "same")
+    async with services.transactions.begin(read_only=True) as tx:
+        state = await load_state(tx, "web", "same")
     assert state["turns"] == 8
 
 

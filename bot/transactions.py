@@ -1,0 +1,184 @@
+"""One database transaction per message, with the hot statements run at the driver.
+
+Every message runs a handful of small statements (the user's state, a complaint draft, a
+WeChat delivery claim).  Through SQLAlchemy's async ORM each cost about ten times what
+SQLite itself spends on it: a session and its unit of work, an execution context, and a
+greenlet switch per call (benchmarks/README.md, "load").  So a `Transaction` runs these
+prebuilt statements differently per database:
+
+- on SQLite, whose driver works in the process (`bot.sqlite_inline`), straight on the
+  `sqlite3` cursor, with the SQL string, parameter order and type conversions that
+  SQLAlchemy compiled once for that statement, so values are stored exactly as the ORM
+  stores and reads them;
+- on PostgreSQL, as SQLAlchemy Core statements on the connection: the network round trip
+  dominates there, and SQLAlchemy's disconnect handling (the whole pool is replaced after
+  a database restart, `bot.engine` retries the turn) is worth its cost.
+
+The ORM is still there for the rare work that needs it (filing a complaint, staff
+replies): `Transaction.session()` opens a session on the same connection and transaction
+the first time it is asked for, and the transaction flushes it before committing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.sql.expression import Executable
+
+from bot.db import READ_ONLY, has_one_connection
+
+Row = tuple[Any, ...]
+Processor = Callable[[Any], Any] | None
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """A statement as the SQLite driver takes it: SQL, parameter order, conversions."""
+
+    statement: Executable  # kept so the id() used as cache key is never reused
+    sql: str
+    names: tuple[str, ...]
+    defaults: Mapping[str, Any]
+    binds: tuple[Processor, ...]
+    results: tuple[Processor, ...]
+
+    def parameters(self, values: Mapping[str, Any]) -> list[Any]:
+        out = []
+        for name, bind in zip(self.names, self.binds, strict=True):
+            value = values[name] if name in values else self.defaults[name]
+            out.append(bind(value) if bind is not None and value is not None else value)
+        return out
+
+    def row(self, raw: Sequence[Any]) -> Row:
+        return tuple(
+            result(value) if result is not None else value
+            for value, result in zip(raw, self.results, strict=True)
+        )
+
+
+def _compile(statement: Executable, dialect: Dialect) -> _Compiled:
+    compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
+    names = tuple(compiled.positiontup or ())
+    # The dialect's own implementation of each type (SQLite stores DateTime as text in a
+    # format of SQLAlchemy's), so values match what the ORM writes and expects to read.
+    binds = tuple(compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+                  for name in names)
+    columns = getattr(statement, "selected_columns", None)
+    results = tuple(
+        column.type.dialect_impl(dialect).result_processor(dialect, None)
+        for column in (columns or ())
+    )
+    defaults = {name: compiled.binds[name].effective_value for name in names
+                if not compiled.binds[name].required}
+    return _Compiled(statement, compiled.string, names, defaults, binds, results)
+
+
+class Transaction:
+    """One open transaction: prebuilt statements, and an ORM session when one is needed."""
+
+    def __init__(self, connection: AsyncConnection, sqlite: sqlite3.Connection | None,
+                 compiled: dict[int, _Compiled]) -> None:
+        self.connection = connection
+        self._sqlite = sqlite
+        self._compiled = compiled
+        self._session: AsyncSession | None = None
+        self._before_commit: list[Callable[[], Awaitable[None]]] = []
+        # Values loaded once per transaction (a complaint draft, say), so a second load in
+        # the same turn sees the first one's unsaved changes.
+        self.cache: dict[Any, Any] = {}
+
+    def _prepared(self, statement: Executable) -> _Compiled:
+        prepared = self._compiled.get(id(statement))
+        if prepared is None:
+            prepared = _compile(statement, self.connection.dialect)
+            self._compiled[id(statement)] = prepared
+        return prepared
+
+    async def _flush(self) -> None:
+        # The ORM must not hold changes the driver-level statements cannot see.
+        if self._session is not None and (self._session.new or self._session.dirty
+                                          or self._session.deleted):
+            await self._session.flush()
+
+    async def first(self, statement: Executable, values: Mapping[str, Any]) -> Row | None:
+        """The first row a prebuilt SELECT returns, converted as the ORM would, or None."""
+        await self._flush()
+        if self._sqlite is None:
+            result = await self.connection.execute(statement, dict(values))
+            row = result.first()
+            return tuple(row) if row is not None else None
+        prepared = self._prepared(statement)
+        raw = self._sqlite.execute(prepared.sql, prepared.parameters(values)).fetchone()
+        return prepared.row(raw) if raw is not None else None
+
+    async def run(self, statement: Executable, values: Mapping[str, Any]) -> int:
+        """Run a prebuilt INSERT, UPDATE or DELETE; the number of rows it touched."""
+        await self._flush()
+        if self._sqlite is None:
+            result = await self.connection.execute(statement, dict(values))
+            return int(result.rowcount)  # type: ignore[attr-defined]
+        prepared = self._prepared(statement)
+        return int(self._sqlite.execute(prepared.sql, prepared.parameters(values)).rowcount)
+
+    def before_commit(self, write: Callable[[], Awaitable[None]]) -> None:
+        """Run `write` just before the commit (for values changed in memory during a turn)."""
+        self._before_commit.append(write)
+
+    async def session(self) -> AsyncSession:
+        """An ORM session inside this transaction (opened on first use, flushed at commit)."""
+        if self._session is None:
+            self._session = AsyncSession(bind=self.connection, expire_on_commit=False,
+                                         autoflush=True)
+        return self._session
+
+    async def _close(self, commit: bool) -> None:
+        try:
+            if commit:
+                for write in self._before_commit:
+                    await write()
+                if self._session is not None:
+                    await self._session.flush()
+        finally:
+            session, self._session = self._session, None
+            if session is not None:
+                await session.close()
+
+
+class Transactions:
+    """Opens `Transaction`s on one engine; built once by `bot.services`."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._reader = engine.execution_options(**READ_ONLY)
+        self._in_process = has_one_connection(engine)
+        self._compiled: dict[int, _Compiled] = {}
+
+    @asynccontextmanager
+    async def begin(self, *, read_only: bool = False) -> AsyncIterator[Transaction]:
+        """A transaction committed when the block ends and rolled back when it raises.
+
+        On SQLite a writing transaction takes the write lock at once (`bot.db`); a
+        `read_only` one does not, for lookups that change nothing.
+        """
+        engine = self._reader if read_only else self.engine
+        async with engine.connect() as connection:
+            await connection.begin()
+            sqlite = None
+            if self._in_process:
+                fairy = connection.sync_connection.connection  # type: ignore[union-attr]
+                sqlite = fairy.driver_connection.sqlite  # type: ignore[union-attr]
+            transaction = Transaction(connection, sqlite, self._compiled)
+            try:
+                yield transaction
+                await transaction._close(commit=True)
+            except BaseException:
+                await transaction._close(commit=False)
+                await connection.rollback()
+                raise
+            await connection.commit()

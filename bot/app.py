@@ -33,7 +33,7 @@ def create_app(config: Config, knowledge: KnowledgeIndex | None = None) -> web.A
         services = await open_services(config, knowledge)
         app[SERVICES] = services
         yield
-        await services.engine.dispose()
+        await services.close()
 
     app.cleanup_ctx.append(services_ctx)
     leadership.setup(app, config)  # before the schedulers and channels that wait on it

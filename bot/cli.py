@@ -146,7 +146,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         try:
             await run_chat(services.chat, args.user)
         finally:
-            await services.engine.dispose()
+            await services.close()
 
     asyncio.run(main())
     return 0

@@ -10,13 +10,15 @@ timeout makes concurrent writers queue, instead of at the first write, where a t
 whose snapshot is stale fails at once with "database is locked".  A connection run with
 `READ_ONLY` (as `ping` does) begins DEFERRED and never waits for a writer.
 
-Within one process SQLite gets a single pooled connection: SQLite admits one writer at a
-time anyway, and a writer waiting in SQLite's busy handler sleeps and polls (in steps of
-up to 100 ms) and gives up after the busy timeout, so under load many pooled connections
-turned queueing into seconds of latency and "database is locked" errors.  With one
-connection the turns queue in the pool, first come first served, and the busy timeout
-only ever waits for another process (a `xiaobao` command, say).  Code must therefore
-never open a second session while holding one (it would wait for itself until
+Within one process SQLite gets two pooled connections: one that the message turns keep
+and take in turn (`bot.transactions`), and one for everything else (dashboard,
+schedulers, commands).  SQLite admits one writer at a time anyway, and a writer waiting in
+SQLite's busy handler sleeps and polls (in steps of up to 100 ms) and gives up after the
+busy timeout, so under load many pooled connections turned queueing into seconds of
+latency and "database is locked" errors.  Turns queue on their connection, first come
+first served; the other connection is written rarely, and waits for the lock with
+asyncio backoff (`bot.sqlite_inline`) rather than in SQLite.  Code must never open a
+second session while holding one (it would wait for itself until
 `SQLITE_POOL_TIMEOUT_S`); the service passes its session down instead.
 """
 
@@ -41,6 +43,7 @@ from bot import sqlite_inline
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 SQLITE_POOL_TIMEOUT_S = 30.0
+SQLITE_CONNECTIONS = 2  # the turns' own connection and one for the rest (see above)
 PING_TIMEOUT_S = 5.0
 # Execution options of a connection that only reads (on SQLite: BEGIN DEFERRED).
 READ_ONLY = {"xiaobao_read_only": True}
@@ -84,6 +87,8 @@ def _begin_sqlite(connection: Any) -> None:
     read_only = connection.get_execution_options().get("xiaobao_read_only", False)
     # Straight to the driver's cursor: a full SQLAlchemy execution of one BEGIN per
     # transaction cost as much as the turn's own SELECT.
+    if connection.connection.driver_connection.sqlite.in_transaction:
+        return  # begun at the driver already (`bot.transactions`); SQLAlchemy joins it
     cursor = connection.connection.dbapi_connection.cursor()
     try:
         cursor.execute("BEGIN" if read_only else "BEGIN IMMEDIATE")
@@ -101,7 +106,7 @@ def create_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncE
         _ensure_sqlite_folder(target)
         engine = create_async_engine(
             target, echo=echo, hide_parameters=True,
-            pool_size=1, max_overflow=0, pool_timeout=SQLITE_POOL_TIMEOUT_S,
+            pool_size=SQLITE_CONNECTIONS, max_overflow=0, pool_timeout=SQLITE_POOL_TIMEOUT_S,
             async_creator=sqlite_inline.async_creator(target.database or ":memory:",
                                                       SQLITE_BUSY_TIMEOUT_MS / 1000),
         )
@@ -117,9 +122,10 @@ def create_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncE
     )
 
 
-def has_one_connection(engine: AsyncEngine) -> bool:
-    """True on SQLite, where the process keeps a single pooled connection (see above):
-    whoever holds a session holds the whole worker's database access."""
+def is_in_process(engine: AsyncEngine) -> bool:
+    """True on SQLite: the database runs inside this process, with one connection for the
+    turns and a single one for everything else (see above), so whoever holds a session
+    holds all of the worker's database access outside the turns."""
     return engine.dialect.name == "sqlite"
 
 

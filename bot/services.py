@@ -37,6 +37,11 @@ class Services:
     triage: Triage
     chat: Engine
 
+    async def close(self) -> None:
+        """Release the database: the turns' held connection first, then the pool."""
+        await self.transactions.close()
+        await self.engine.dispose()
+
 
 SERVICES = web.AppKey("services", Services)
 

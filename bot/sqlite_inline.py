@@ -136,17 +136,24 @@ class _LockWaitingCursor(InlineCursor):
         self._busy_timeout_s = busy_timeout_s
 
     async def execute(self, sql: str, parameters: Any = ()) -> InlineCursor:
-        deadline = time.monotonic() + self._busy_timeout_s
-        pause = BACKOFF_START_S
-        while True:
-            try:
-                self._cursor.execute(sql, parameters)
-                return self
-            except sqlite3.OperationalError as error:
-                if not _is_busy(error) or time.monotonic() + pause > deadline:
-                    raise
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, BACKOFF_MAX_S)
+        await execute_waiting(self._cursor, sql, self._busy_timeout_s, parameters)
+        return self
+
+
+async def execute_waiting(target: sqlite3.Cursor | sqlite3.Connection, sql: str,
+                          busy_timeout_s: float, parameters: Any = ()) -> None:
+    """Run a statement, retrying with asyncio backoff while another process holds the lock."""
+    deadline = time.monotonic() + busy_timeout_s
+    pause = BACKOFF_START_S
+    while True:
+        try:
+            target.execute(sql, parameters)
+            return
+        except sqlite3.OperationalError as error:
+            if not _is_busy(error) or time.monotonic() + pause > deadline:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, BACKOFF_MAX_S)
 
 
 def _is_busy(error: sqlite3.OperationalError) -> bool:

@@ -86,7 +86,7 @@ async def services(config: Config, knowledge_index: KnowledgeIndex) -> AsyncIter
 
     opened = await open_services(config, knowledge_index)
     yield opened
-    await opened.engine.dispose()
+    await opened.close()
 
 
 @pytest.fixture(scope="session")

@@ -221,11 +221,11 @@ async def test_drafts_expire_after_seven_days(config, knowledge_index):
         session.add(ComplaintDraft(channel="web", user_id="old", draft_key="k", data={},
                                    created_at=utcnow() - timedelta(days=9),
                                    updated_at=utcnow() - timedelta(days=8)))
-    await services.engine.dispose()
+    await services.close()
     reopened = await open_services(config, knowledge_index)  # start-up purges
     async with reopened.sessions() as session:
         assert (await session.scalars(select(ComplaintDraft))).all() == []
-    await reopened.engine.dispose()
+    await reopened.close()
 
 
 async def test_a_story_of_5000_characters_is_kept_whole(client):

@@ -82,7 +82,7 @@ async def test_state_survives_a_new_engine_on_the_same_database(config, knowledg
     first = await open_services(config, knowledge_index)
     await first.chat.handle(Incoming("web", "alice", text="你好"))
     await first.chat.handle(Incoming("web", "alice", text="安全账户是真的吗"))
-    await first.engine.dispose()
+    await first.close()
 
     second = await open_services(config, knowledge_index)
     fresh = second.chat
@@ -90,7 +90,7 @@ async def test_state_survives_a_new_engine_on_the_same_database(config, knowledg
     async with second.sessions() as session:
         row = await session.get(Conversation, ("web", "alice"))
         others = (await session.scalars(select(Conversation))).all()
-    await second.engine.dispose()
+    await second.close()
     assert row is not None and row.state["turns"] == 3
     assert len(others) == 1
 
@@ -177,4 +177,4 @@ async def test_a_turn_survives_pooled_connections_the_database_dropped(knowledge
         assert row is not None and row.state["turns"] == 2
     finally:
         await admin.dispose()
-        await opened.engine.dispose()
+        await opened.close()

@@ -11,6 +11,7 @@ disturbing anyone else's use of the server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -178,10 +179,11 @@ async def test_a_sqlite_reader_elsewhere_does_not_wait_for_the_services_writer(s
         assert time.monotonic() - started < 1.0
 
 
-async def test_health_probe_gives_up_in_time_when_the_connection_is_held(services):
-    """One pooled SQLite connection per worker: a probe waits for it, but not forever."""
-    async with services.sessions() as writer, writer.begin():
-        await writer.execute(text("UPDATE conversations SET user_id = user_id"))
+async def test_health_probe_gives_up_in_time_when_every_connection_is_held(services):
+    """A worker's few pooled SQLite connections: a probe waits for one, but not forever."""
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(db.SQLITE_CONNECTIONS):
+            await stack.enter_async_context(services.engine.connect())
         started = time.monotonic()
         assert await db.ping(services.engine, timeout_s=0.3) is False
         assert time.monotonic() - started < 2.0

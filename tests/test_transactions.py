@@ -31,7 +31,9 @@ class Boom(Exception):
 async def transactions(database_url: str) -> AsyncIterator[Transactions]:
     await db.upgrade(database_url)
     engine = db.create_engine(database_url)
-    yield Transactions(engine)
+    transactions = Transactions(engine)
+    yield transactions
+    await transactions.close()
     await engine.dispose()
 
 

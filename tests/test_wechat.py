@@ -28,6 +28,7 @@ from bot import texts
 from bot.app import create_app
 from bot.cli import main as cli_main
 from bot.config import Config, ConfigError, build_config
+from bot.messages import Incoming, Reply
 from bot.models import Conversation, ProcessedDelivery, SharedSecretCache, utcnow
 from bot.services import SERVICES, open_services
 from handlers.wechat import NO_MORE_PAGES, STILL_WORKING, VOICE_UNCLEAR, WECHAT
@@ -244,6 +245,18 @@ async def standin(aiohttp_server) -> tuple[StandInApi, str]:
 async def count(app: web.Application, model: type, *where: Any) -> int:
     async with app[SERVICES].sessions() as session:
         return int(await session.scalar(select(func.count()).select_from(model).where(*where)))
+
+
+def answer_slowly(app: web.Application, seconds: float = 0.05) -> None:
+    """Every answer takes `seconds` longer (a busy worker), to overrun a tiny reply budget."""
+    engine = app[SERVICES].chat
+    answer = engine.handle
+
+    async def slowly(incoming: Incoming) -> list[Reply]:
+        await asyncio.sleep(seconds)
+        return await answer(incoming)
+
+    engine.handle = slowly  # type: ignore[method-assign]
 
 
 async def engine_turns(app: web.Application, user: str = USER) -> int:
@@ -470,6 +483,7 @@ async def test_an_overrun_answer_is_delivered_through_the_api(make_client, sqlit
     client, app = await make_client(wechat_config(
         sqlite_url, {**SAFE_ENV, "XIAOBAO_WECHAT_APP_SECRET": APP_SECRET},
         reply_budget_seconds=0.001, api_base_url=base_url))
+    answer_slowly(app)
     server = WechatServer(client, safe=True)
     fields = server.fields("text", Content=QUESTION)
     assert await server.reply(fields) == "success"
@@ -493,6 +507,7 @@ async def test_an_overrun_answer_without_the_api_waits_for_more(make_client, sql
     environ = {"XIAOBAO_WECHAT_TOKEN": TOKEN}
     slow, slow_app = await make_client(wechat_config(sqlite_url, environ, mode="plain",
                                                      reply_budget_seconds=0.001))
+    answer_slowly(slow_app)
     assert await WechatServer(slow).text(QUESTION) == STILL_WORKING
     await slow_app[WECHAT].drain()
     # Another worker, on the same database, hands the answer out.
@@ -529,7 +544,7 @@ async def test_token_is_fetched_once_and_shared_by_all_workers(database_url, kno
             row = await session.get(SharedSecretCache, token_cache_name(APP_ID))
         assert row is not None and row.value == "TOKEN-1"
     finally:
-        await services.engine.dispose()
+        await services.close()
 
 
 async def test_a_valid_cached_token_is_used_without_fetching(services, standin):

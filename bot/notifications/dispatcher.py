@@ -81,8 +81,8 @@ class Dispatcher:
         self.batch_size = batch_size
         self.rate_limits = {"wecom": settings.wecom_per_minute}
         self._push_failures: dict[int, _PushFailures] = {}
-        # SQLite: one worker, one connection shared with every chat turn (`_push_one`).
-        self._single_writer = db.has_one_connection(sessions.kw["bind"])
+        # SQLite: one worker, one writer at a time, chat turns included (`_push_one`).
+        self._single_writer = db.is_in_process(sessions.kw["bind"])
 
     # -- the loop ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -278,8 +278,8 @@ class Dispatcher:
 
         On PostgreSQL every worker runs a dispatcher, so the row stays locked (FOR UPDATE
         SKIP LOCKED) while it is sent and no two workers send it.  SQLite serves one worker
-        with a single connection that every chat turn needs too (`bot.db`); holding it
-        across a network call would stall the whole service for up to the send timeout.
+        and admits one writer at a time (`bot.db`); holding its write lock across a
+        network call would stall every chat turn for up to the send timeout.
         There the message is read, sent, then marked: a consumer who writes at that very
         moment may see it twice, never not at all.
         """

@@ -8,6 +8,7 @@ and that a failed block leaves nothing behind.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -126,3 +127,50 @@ async def test_a_draft_created_and_discarded_in_one_turn_writes_nothing(transact
     async with transactions.begin() as tx:
         session = await tx.session()
         assert await session.get(ComplaintDraft, ("web", "u8")) is None
+
+
+async def test_a_turn_waits_for_a_write_elsewhere_in_the_process_then_goes_on(sqlite_url):
+    """SQLite: the turns' connection and the pool's other one take the write lock in turn,
+    and the waiting side does not block the event loop."""
+    await db.upgrade(sqlite_url)
+    engine = db.create_engine(sqlite_url)
+    transactions = Transactions(engine)
+    try:
+        sessions = db.create_sessionmaker(engine)
+        async with sessions() as writer, writer.begin():
+            writer.add(Conversation(channel="web", user_id="dashboard", state={}))
+            await writer.flush()  # holds SQLite's write lock until the block ends
+
+            async def turn() -> None:
+                async with transactions.begin() as tx:
+                    await save_state(tx, "web", "waiting", {"turns": 1})
+
+            waiting = asyncio.create_task(turn())
+            await asyncio.sleep(0.2)
+            assert not waiting.done()  # queued behind the writer, loop still running
+        await asyncio.wait_for(waiting, timeout=5)
+        async with transactions.begin(read_only=True) as tx:
+            assert await load_state(tx, "web", "waiting") == {"turns": 1}
+    finally:
+        await transactions.close()
+        await engine.dispose()
+
+
+async def test_turns_on_the_held_connection_run_one_after_another(sqlite_url):
+    await db.upgrade(sqlite_url)
+    engine = db.create_engine(sqlite_url)
+    transactions = Transactions(engine)
+    try:
+        async def add_one() -> None:
+            async with transactions.begin() as tx:
+                state = await load_state(tx, "web", "counter")
+                await asyncio.sleep(0)  # let the others try to interleave
+                state["n"] = state.get("n", 0) + 1
+                await save_state(tx, "web", "counter", state)
+
+        await asyncio.gather(*(add_one() for _ in range(20)))
+        async with transactions.begin(read_only=True) as tx:
+            assert await load_state(tx, "web", "counter") == {"n": 20}
+    finally:
+        await transactions.close()
+        await engine.dispose()

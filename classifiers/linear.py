@@ -9,6 +9,7 @@ start-up — neither is needed to score one message.
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections import Counter
@@ -24,22 +25,52 @@ def char_ngrams(text: str, low: int = 1, high: int = 3) -> list[str]:
     text = unicodedata.normalize("NFKC", text).lower()
     grams: list[str] = []
     for chunk in _KEEP.findall(text):
+        length = len(chunk)
         for size in range(low, high + 1):
-            grams.extend(chunk[i : i + size] for i in range(len(chunk) - size + 1))
+            grams += [chunk[i : i + size] for i in range(length - size + 1)]
     return grams
+
+
+# 1 + ln(count) for small counts, computed by the same vectorised `np.log` as a query's
+# array would be (elementwise, so each entry is bit for bit the value computed in place);
+# a table lookup saves two numpy calls per query.
+_SUBLINEAR_TF: list[float] = (1.0 + np.log(np.arange(1, 256, dtype=np.int64))).tolist()
+
+
+def known_terms(
+    tokens: Sequence[str], vocabulary: dict[str, int]
+) -> tuple[list[int], list[int], int]:
+    """The tokens the vocabulary knows, as (columns, counts, known tokens) in first-seen order.
+
+    Plain lists, so a caller scoring several spaces can build one array for all of them.
+    """
+    get = vocabulary.get
+    columns: list[int] = []
+    counts: list[int] = []
+    for token, count in Counter(tokens).items():
+        column = get(token)
+        if column is not None:
+            columns.append(column)
+            counts.append(count)
+    return columns, counts, sum(counts)
+
+
+def sublinear_tf(counts: list[int]) -> np.ndarray:
+    """1 + ln(count) per term, as `TfidfVectorizer(sublinear_tf=True)` weighs counts."""
+    if max(counts) <= len(_SUBLINEAR_TF):
+        table = _SUBLINEAR_TF
+        return np.array([table[count - 1] for count in counts])
+    return 1.0 + np.log(np.array(counts, dtype=np.int64))
 
 
 def term_frequencies(
     tokens: Sequence[str], vocabulary: dict[str, int]
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Known terms of a query as (columns, sublinear tf), and the share of tokens known."""
-    get = vocabulary.get
-    pairs = [(j, c) for t, c in Counter(tokens).items() if (j := get(t)) is not None]
-    if not pairs:
+    columns, counts, known = known_terms(tokens, vocabulary)
+    if not columns:
         return np.zeros(0, dtype=np.int64), np.zeros(0), 0.0
-    table = np.array(pairs, dtype=np.int64)
-    coverage = float(table[:, 1].sum()) / len(tokens)
-    return table[:, 0], 1.0 + np.log(table[:, 1]), coverage
+    return np.array(columns, dtype=np.int64), sublinear_tf(counts), float(known) / len(tokens)
 
 
 def sublinear_tfidf(
@@ -104,15 +135,28 @@ class LinearTextClassifier:
 
     def predict_proba_terms(self, columns: np.ndarray, tf: np.ndarray) -> dict[str, float]:
         """The same, for terms already counted against this model's vocabulary."""
-        logits = self.intercept_.copy()
         if len(columns):
-            weights = tf * self.idf_[columns]
-            weights /= np.sqrt(weights @ weights)
-            logits = logits + weights @ self.coef_t_[columns]
-        logits -= logits.max()
+            weights = tf * self.idf_.take(columns)
+            weights /= math.sqrt(weights.dot(weights))
+            return self.predict_proba_weights(columns, weights)
+        return self.predict_proba_weights(None, None)
+
+    def predict_proba_weights(
+        self, columns: np.ndarray | None, weights: np.ndarray | None
+    ) -> dict[str, float]:
+        """The same, for a query already weighted by this model's idf and l2-normalised.
+
+        Lets a caller that normalises several spaces at once skip repeating the work;
+        `columns` and `weights` are both None for a query with no known term.
+        """
+        logits = self.intercept_
+        if weights is not None:
+            logits = logits + weights @ self.coef_t_.take(columns, axis=0)
+        logits = logits - np.maximum.reduce(logits)
         exp = np.exp(logits)
-        probabilities = exp / exp.sum()
-        return {label: float(p) for label, p in zip(self.classes_, probabilities, strict=True)}
+        total = float(np.add.reduce(exp))
+        # Python's float division is numpy's, value for value, without another array.
+        return dict(zip(self.classes_, [e / total for e in exp.tolist()], strict=True))
 
     def predict(self, text: str) -> tuple[str, float]:
         """The most probable label and its probability."""

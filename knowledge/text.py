@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -43,6 +44,59 @@ STOPWORDS = frozenset(
 )
 _SPACE = re.compile(r"\s+")
 _KEEP = re.compile(r"[0-9a-z\u4e00-\u9fff]+")
+# jieba segments only runs of [\u4e00-\u9fd5a-zA-Z0-9+#&._%-] as one block; a chunk with a
+# character above this one is left to jieba itself (see TextProcessor.words).
+_JIEBA_HAN_MAX = "\u9fd5"
+_JIEBA_ENG = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+_ABSENT = object()
+
+
+def _segment(chunk: str, log_freq: dict[str, float | None], unknown: float) -> list[str]:
+    """jieba's `cut(chunk, HMM=False)` for one block, with the same result, 3-4x faster.
+
+    jieba builds a DAG dict, then a route dict with a generator and a `log` per edge;
+    here both passes are one right-to-left loop over precomputed log probabilities
+    (`log_freq`: word -> log(freq) - log(total), None for a prefix of a word).  The best
+    route is the same maximum of (score, end), ties to the longer word, and every score is
+    the same float sum, so the words are identical.
+    """
+    n = len(chunk)
+    get = log_freq.get
+    score = [0.0] * (n + 1)
+    end = [0] * n
+    for k in range(n - 1, -1, -1):
+        best = None
+        best_end = k
+        i = k
+        value = get(chunk[k], _ABSENT)
+        while value is not _ABSENT:
+            if value is not None:
+                total = value + score[i + 1]  # type: ignore[operator]
+                if best is None or total >= best:  # ends rise: a tie goes to the longer
+                    best = total
+                    best_end = i
+            i += 1
+            if i == n:
+                break
+            value = get(chunk[k : i + 1], _ABSENT)
+        score[k] = unknown + score[k + 1] if best is None else best
+        end[k] = best_end
+    words: list[str] = []
+    letters = ""
+    x = 0
+    while x < n:
+        y = end[x] + 1
+        if y - x == 1 and chunk[x] in _JIEBA_ENG:
+            letters += chunk[x]  # jieba glues single letters and digits together
+        else:
+            if letters:
+                words.append(letters)
+                letters = ""
+            words.append(chunk[x:y])
+        x = y
+    if letters:
+        words.append(letters)
+    return words
 
 
 def _traditional_chars() -> frozenset[str]:
@@ -113,6 +167,30 @@ def corpus_vocabulary(lexicon: Lexicon, normalized_texts: Iterable[str]) -> dict
     return vocabulary
 
 
+def _trie_pattern(variants: Iterable[str]) -> str:
+    """A regex matching any variant, the longest one where several start at one place.
+
+    Same matches as the alternation of every variant sorted longest first, but shared
+    prefixes are tested once (a trie with greedy optional tails) instead of trying each of
+    the ~500 variants at every candidate position: about 2x faster per message.
+    """
+    trie: dict[str, Any] = {}
+    for variant in variants:
+        node = trie
+        for char in variant:
+            node = node.setdefault(char, {})
+        node[""] = {}
+
+    def pattern(node: dict[str, Any]) -> str:
+        branches = [re.escape(char) + pattern(child) for char, child in node.items() if char]
+        if not branches:
+            return ""
+        body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+        return f"(?:{body})?" if "" in node else body
+
+    return pattern(trie)
+
+
 class TextProcessor:
     """Normalises and tokenises text; built once, then only read (safe to share).
 
@@ -139,12 +217,21 @@ class TextProcessor:
             freq, total = self._tokenizer.gen_pfdict(io.BytesIO(listing.encode("utf-8")))
             self._tokenizer.FREQ, self._tokenizer.total = freq, total
             self._tokenizer.initialized = True
+        # The small corpus dictionary also gets jieba's route scores precomputed (_segment).
+        self._log_freq: dict[str, float | None] | None = None
+        self._unknown = 0.0
+        if self.vocabulary is not None and self._tokenizer.total:
+            log_total = math.log(self._tokenizer.total)
+            self._log_freq = {
+                word: math.log(count) - log_total if count else None
+                for word, count in self._tokenizer.FREQ.items()
+            }
+            self._unknown = math.log(1) - log_total
         # Canonical terms map to themselves so that the longest match wins: "工商银行"
         # stays whole instead of its "工商" being expanded again.
         self._replacements = {**{c: c for c in lexicon.synonyms.values()}, **lexicon.synonyms}
-        variants = sorted(self._replacements, key=len, reverse=True)
         self._synonym_pattern = (
-            re.compile("|".join(re.escape(v) for v in variants)) if variants else None
+            re.compile(_trie_pattern(self._replacements)) if self._replacements else None
         )
         self.keywords = frozenset(lexicon.terms) | frozenset(lexicon.synonyms.values())
 
@@ -164,7 +251,7 @@ class TextProcessor:
     def normalize(self, text: str) -> str:
         """NFKC, Simplified, lower case, single spaces, synonyms made canonical."""
         text = unicodedata.normalize("NFKC", text).lower()
-        if any(ch in self._traditional for ch in text):
+        if not self._traditional.isdisjoint(text):
             text = self._converter.convert(text)
         text = _SPACE.sub(" ", text).strip()
         if self._synonym_pattern is not None:
@@ -173,12 +260,15 @@ class TextProcessor:
 
     def words(self, normalized: str) -> list[str]:
         """Content words of a normalised text (jieba, no HMM guessing, no stopwords)."""
-        return [
-            token
-            for chunk in _KEEP.findall(normalized)
-            for token in self._tokenizer.lcut(chunk, HMM=False)
-            if token not in STOPWORDS
-        ]
+        log_freq = self._log_freq
+        words: list[str] = []
+        for chunk in _KEEP.findall(normalized):
+            if log_freq is not None and max(chunk) <= _JIEBA_HAN_MAX:
+                tokens = _segment(chunk, log_freq, self._unknown)
+            else:
+                tokens = self._tokenizer.lcut(chunk, HMM=False)
+            words += [token for token in tokens if token not in STOPWORDS]
+        return words
 
     def char_ngrams(self, normalized: str) -> list[str]:
         """Character n-grams inside runs of letters, digits and Chinese characters."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from knowledge.answer import ask_result
+from knowledge.text import STOPWORDS
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +95,35 @@ def test_the_best_entries_keep_the_argpartition_order_even_with_ties():
         expected = np.argpartition(-scores, 2)[:3]
         expected = expected[np.argsort(-scores[expected], kind="stable")]
         assert list(_top_entries(scores, 3)) == list(expected)
+
+
+def _base_characters(matcher) -> str:
+    """The characters the base's own phrasings use, so generated text hits real words."""
+    chars = {ch for entry in matcher.base_.entries for q in entry.questions for ch in q}
+    return "".join(sorted(ch for ch in chars if ch.isalnum()))
+
+
+def test_the_fast_segmenter_cuts_exactly_as_jieba_does(matcher):
+    """`TextProcessor.words` runs its own copy of jieba's no-HMM route for speed; whatever
+    the text, it must give jieba's very words (a jieba upgrade that changed them would
+    fail here)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    processor = matcher.processor
+    tokenizer = processor._tokenizer
+    alphabet = _base_characters(matcher) + "abcxyz0123456789"
+    phrasings = [q for entry in matcher.base_.entries for q in entry.questions]
+
+    @settings(max_examples=400, deadline=None, derandomize=True)
+    @given(st.one_of(st.text(alphabet=alphabet, max_size=40),
+                     st.sampled_from(phrasings),
+                     st.tuples(st.sampled_from(phrasings), st.sampled_from(phrasings))
+                     .map("".join)))
+    def same_words(text: str) -> None:
+        normalized = processor.normalize(text)
+        expected = [token for chunk in re.findall(r"[0-9a-z\u4e00-\u9fff]+", normalized)
+                    for token in tokenizer.lcut(chunk, HMM=False)]
+        assert processor.words(normalized) == [t for t in expected if t not in STOPWORDS]
+
+    same_words()

@@ -63,6 +63,7 @@ class Turn:
 
 
 Handler = Callable[[Turn], Awaitable[list[Reply]]]
+Claim = Callable[[Transaction], Awaitable[bool]]
 
 
 def numbered_choice(turn: Turn) -> str | None:
@@ -158,10 +159,25 @@ class Engine:
         a tracking number for a complaint that was not stored.  A turn that loses a race
         (a double-clicked confirmation, say) is run once more against the winner's data.
         """
+        replies = await self.handle_once(incoming, None)
+        if replies is None:
+            raise AssertionError("only a claim turns a message away")
+        return replies
+
+    async def handle_once(self, incoming: Incoming, claim: Claim | None) -> list[Reply] | None:
+        """`handle`, for a channel that redelivers: None when `claim` says "seen before".
+
+        The claim (a delivery id recorded, say) runs first in the turn's own transaction,
+        so it commits with the turn or not at all: a worker that dies mid-turn leaves the
+        message unclaimed and the channel's retry is answered, while a repeat of a
+        message already answered is turned away without running the turn again.
+        """
         incoming = _storable(incoming)
         for attempt in range(2):
             try:
                 async with self._transactions.begin() as tx:
+                    if claim is not None and not await claim(tx):
+                        return None
                     state = await load_state(tx, incoming.channel, incoming.user_id)
                     turn = Turn(tx=tx, state=state, incoming=incoming)
                     replies = await self.handle_turn(turn)

@@ -8,9 +8,11 @@ replies come back as one passive text reply: buttons as "回复 N …" lines (a 
 presses them) and long answers cut into pages read with "更多".
 
 WeChat's 5-second rule: a message is answered within `wechat.reply_budget_seconds`; every
-delivery is claimed in the database before it is processed, so WeChat's retries (at any
-worker) get the stored reply and nothing is handled twice; an answer that overruns the
-budget is sent later through the customer-service API (or kept for "更多" without one).
+delivery is claimed in the database in the same transaction as the turn that answers it,
+so WeChat's retries (at any worker) get the stored reply, nothing is handled twice, and a
+message whose turn failed (a worker killed mid-turn) is still answered on the retry; an
+answer that overruns the budget is sent later through the customer-service API (or kept
+for "更多" without one).
 The wire format itself is in `handlers.wechat_protocol`.
 
 A follower who writes faster than `limits.wechat_per_user_per_minute` is asked to slow down
@@ -30,6 +32,7 @@ from typing import Any
 from aiohttp import web
 
 from bot.config import Config, ConfigError, WechatConfig
+from bot.engine import Claim
 from bot.limits import limits_of
 from bot.messages import Incoming
 from bot.services import SERVICES, Services
@@ -107,23 +110,22 @@ class WechatChannel:
         if _is_quiet(message):
             return None
         key = delivery_key(message)
-        if not await self._claim(key):
-            return await self._reply_of_retry(key, deadline)
+        await self._purge_when_due()
         user = message["FromUserName"]
-        task = self._spawn(self._answer(message))
+        task = self._spawn(self._answer(message, key))
         loop = asyncio.get_running_loop()
         done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline - loop.time()))
         if task in done:
             pages = task.result()
+            if pages is None:  # a repeat of a delivery answered (or being answered) before
+                return await self._reply_of_retry(key, deadline)
             reply = pages[0] if pages else ""
             async with self.services.transactions.begin() as tx:
                 await store.store_reply(tx, CHANNEL, key, reply)
                 await store.save_pages(tx, user, pages[1:])
             return reply or None
         late = "" if self.api is not None else STILL_WORKING
-        async with self.services.transactions.begin() as tx:
-            await store.store_reply(tx, CHANNEL, key, late)
-        self._spawn(self._deliver_late(task, user))
+        self._spawn(self._deliver_late(task, key, late, user))
         log.info("wechat: answer overran the %.1f s budget; delivering it later",
                  self.config.reply_budget_seconds)
         return late or None
@@ -131,20 +133,24 @@ class WechatChannel:
     async def _claim(self, key: str) -> bool:
         """Claim a delivery in its own transaction; False when a retry finds it taken.
 
-        Old claims are purged on the way, at most once every `CLAIM_PURGE_SECONDS` per
-        worker rather than on every message.
+        Messages for the engine are claimed inside their turn instead (`_claim_in`); this
+        is for the rest ("更多", media notes), which change little or nothing.
         """
-        now = asyncio.get_running_loop().time()
-        purge = now >= self._next_purge
         async with self.services.transactions.begin() as tx:
-            if purge:
-                await store.purge_claims(tx, CHANNEL)
-            claimed = await store.add_claim(tx, CHANNEL, key)
-        if not claimed:
-            return False
-        if purge:
-            self._next_purge = now + CLAIM_PURGE_SECONDS
-        return True
+            return await store.add_claim(tx, CHANNEL, key)
+
+    def _claim_in(self, key: str) -> Claim:
+        """The claim the engine runs first in the turn's transaction (see Engine.handle_once)."""
+        return lambda tx: store.add_claim(tx, CHANNEL, key)
+
+    async def _purge_when_due(self) -> None:
+        """Drop old claims, at most once every `CLAIM_PURGE_SECONDS` per worker."""
+        now = asyncio.get_running_loop().time()
+        if now < self._next_purge:
+            return
+        self._next_purge = now + CLAIM_PURGE_SECONDS
+        async with self.services.transactions.begin() as tx:
+            await store.purge_claims(tx, CHANNEL)
 
     async def _reply_of_retry(self, key: str, deadline: float) -> str | None:
         """A retry waits briefly for the first delivery's reply and repeats it."""
@@ -159,9 +165,18 @@ class WechatChannel:
                 return None
             await asyncio.sleep(min(WAIT_POLL_SECONDS, remaining))
 
-    async def _deliver_late(self, task: asyncio.Task[list[str]], user: str) -> None:
-        """Send an overrun answer through the API, or keep it for "更多" when that fails."""
+    async def _deliver_late(self, task: asyncio.Task[list[str] | None], key: str, late: str,
+                            user: str) -> None:
+        """Send an overrun answer through the API, or keep it for "更多" when that fails.
+
+        The passive reply already given (`late`) is stored once the turn has committed
+        its claim, so WeChat's retries repeat it instead of waiting.
+        """
         pages = await task
+        if pages is None:
+            return  # a repeat: the first delivery answers
+        async with self.services.transactions.begin() as tx:
+            await store.store_reply(tx, CHANNEL, key, late)
         if not pages:
             return
         if self.api is not None:
@@ -179,43 +194,51 @@ class WechatChannel:
             log.exception("wechat: could not keep the pages of a late answer")
 
     # -- messages ------------------------------------------------------------------------
-    async def _answer(self, message: Mapping[str, str]) -> list[str]:
-        """The pages of the answer to one message (failures become an apology, not a 500)."""
+    async def _answer(self, message: Mapping[str, str], key: str) -> list[str] | None:
+        """The pages of the answer to one message, None for a repeat of a claimed delivery
+        (failures become an apology, not a 500)."""
         kind = message.get("MsgType", "").strip().lower()
         try:
-            return await self._pages_for(kind, message)
+            return await self._pages_for(kind, message, key)
         except Exception:
             log.exception("wechat: answering a %s message failed", kind)
             return [trouble(self.services.config.chat.hotline)]
 
-    async def _pages_for(self, kind: str, message: Mapping[str, str]) -> list[str]:
+    async def _pages_for(self, kind: str, message: Mapping[str, str],
+                         key: str) -> list[str] | None:
         user = message["FromUserName"]
         if kind == "text":
             text = message.get("Content", "").strip()
             if text in MORE_WORDS:
+                if not await self._claim(key):
+                    return None
                 async with self.services.transactions.begin(read_only=True) as tx:
                     pending = await store.pending_pages(tx, user)
                 return pending or [NO_MORE_PAGES]
             limit = self.services.config.chat.max_text_chars
-            return await self._engine(Incoming(CHANNEL, user, text=text[:limit], meta=NUMBERED))
+            return await self._engine(Incoming(CHANNEL, user, text=text[:limit], meta=NUMBERED),
+                                      key)
         if kind == "voice":
             recognition = message.get("Recognition", "").strip()
-            if not recognition:
-                return [VOICE_UNCLEAR]
-            return await self._engine(Incoming(CHANNEL, user, text=recognition, meta=NUMBERED))
+            if recognition:
+                return await self._engine(Incoming(CHANNEL, user, text=recognition,
+                                                   meta=NUMBERED), key)
+            return [VOICE_UNCLEAR] if await self._claim(key) else None
         if kind == "event":
             event = message.get("Event", "").strip().lower()
             if event == "subscribe":
-                return await self._engine(Incoming(CHANNEL, user, action="start", meta=NUMBERED))
+                return await self._engine(Incoming(CHANNEL, user, action="start", meta=NUMBERED),
+                                          key)
             if event == "click":
                 action = message.get("EventKey", "").strip() or "menu"
-                return await self._engine(Incoming(CHANNEL, user, action=action, meta=NUMBERED))
+                return await self._engine(Incoming(CHANNEL, user, action=action, meta=NUMBERED),
+                                          key)
             return []
-        return [media_note(kind)]
+        return [media_note(kind)] if await self._claim(key) else None
 
-    async def _engine(self, incoming: Incoming) -> list[str]:
-        replies = await self.services.chat.handle(incoming)
-        return paginate(render(replies), self.page_bytes)
+    async def _engine(self, incoming: Incoming, key: str) -> list[str] | None:
+        replies = await self.services.chat.handle_once(incoming, self._claim_in(key))
+        return None if replies is None else paginate(render(replies), self.page_bytes)
 
     # -- background work -----------------------------------------------------------------
     def _spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:

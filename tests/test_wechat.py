@@ -28,6 +28,7 @@ from bot import texts
 from bot.app import create_app
 from bot.cli import main as cli_main
 from bot.config import Config, ConfigError, build_config
+from bot.engine import Claim
 from bot.messages import Incoming, Reply
 from bot.models import Conversation, ProcessedDelivery, SharedSecretCache, utcnow
 from bot.services import SERVICES, open_services
@@ -250,13 +251,13 @@ async def count(app: web.Application, model: type, *where: Any) -> int:
 def answer_slowly(app: web.Application, seconds: float = 0.05) -> None:
     """Every answer takes `seconds` longer (a busy worker), to overrun a tiny reply budget."""
     engine = app[SERVICES].chat
-    answer = engine.handle
+    answer = engine.handle_once
 
-    async def slowly(incoming: Incoming) -> list[Reply]:
+    async def slowly(incoming: Incoming, claim: Claim | None) -> list[Reply] | None:
         await asyncio.sleep(seconds)
-        return await answer(incoming)
+        return await answer(incoming, claim)
 
-    engine.handle = slowly  # type: ignore[method-assign]
+    engine.handle_once = slowly  # type: ignore[method-assign]
 
 
 async def engine_turns(app: web.Application, user: str = USER) -> int:
@@ -441,6 +442,31 @@ async def test_concurrent_retries_wait_for_the_first_reply(make_client, database
     fields = server.fields("text", Content=QUESTION, MsgId="7000000000000000002")
     replies = await asyncio.gather(*(server.reply(fields) for _ in range(3)))
     assert len(set(replies)) == 1 and "【" in replies[0]
+    assert await engine_turns(app) == 1
+
+
+async def test_a_message_whose_turn_failed_is_answered_on_wechats_retry(make_client,
+                                                                         database_url):
+    """The claim commits with the turn: a turn that fails (or a worker killed mid-turn)
+    leaves the message unclaimed, so the retry is answered instead of being dropped."""
+    client, app = await make_client(wechat_config(
+        database_url, {"XIAOBAO_WECHAT_TOKEN": TOKEN}, mode="plain"))
+    matcher = app[SERVICES].knowledge.matcher
+    match, failures = matcher.match, [RuntimeError("disk full, say")]
+
+    def fails_once(*args: Any, **kwargs: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return match(*args, **kwargs)
+
+    matcher.match = fails_once
+    server = WechatServer(client)
+    fields = server.fields("text", Content=QUESTION, MsgId="7000000000000000003")
+    assert "系统刚才出了点问题" in await server.reply(fields)
+    assert await count(app, ProcessedDelivery, ProcessedDelivery.channel == "wechat") == 0
+    retried = await server.reply(fields)
+    assert "【" in retried and "挂失" in retried
+    assert await server.reply(fields) == retried  # and from then on, once only
     assert await engine_turns(app) == 1
 
 

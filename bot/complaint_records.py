@@ -85,8 +85,12 @@ def deadline(received_at: datetime, days: int) -> datetime:
     return received_at + timedelta(days=days)
 
 
-def _similar(a: str, b: str) -> float:
-    left, right = set(char_ngrams(a, 3, 3)), set(char_ngrams(b, 3, 3))
+def _trigrams(text: str) -> frozenset[str]:
+    return frozenset(char_ngrams(text, 3, 3))
+
+
+def _similar(left: frozenset[str], right: frozenset[str]) -> float:
+    """Jaccard similarity of two texts' character trigrams (0 when either has none)."""
     return len(left & right) / len(left | right) if left and right else 0.0
 
 
@@ -107,7 +111,8 @@ async def agent_led_signals(session: AsyncSession, submission: Submission,
         select(Complaint.story).where(Complaint.received_at >= since)
         .order_by(Complaint.id.desc()).limit(300)
     )).all()
-    alike = sum(_similar(submission.story, story) >= SIMILAR_TEXT for story in recent)
+    mine = _trigrams(submission.story)
+    alike = sum(_similar(mine, _trigrams(story)) >= SIMILAR_TEXT for story in recent)
     if alike:
         signals.append(f"与近期{alike}件投诉的内容几乎一样")
     return signals

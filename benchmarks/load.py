@@ -52,6 +52,8 @@ POSTGRES_ENV = "XIAOBAO_TEST_POSTGRES_URL"
 TOKEN = "bench-wechat-token"
 START_TIMEOUT_SECONDS = 120.0
 STOP_TIMEOUT_SECONDS = 20.0
+SPIN_SECONDS = 4.0
+WEROBOT_CONCURRENCIES = (16, 4)  # its wsgiref server: one request at a time, backlog 5
 TARGETS = {
     "chat_per_second_one_worker": 800.0,
     "p99_ms": 100.0,
@@ -342,6 +344,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             notes.append("PostgreSQL phases skipped (--skip-postgres)")
         else:
             admin_url = args.postgres_url or os.environ.get(POSTGRES_ENV) or DEFAULT_POSTGRES
+            log("two counting loops against one (the machine's own two-process speedup)")
+            speedups = [parallel_speedup()]
             database_url, database = private_database(admin_url, "1")
             try:
                 phases["postgres_1_mixed"] = one_worker(scratch, database_url, mixed)
@@ -352,6 +356,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 phases["postgres_2_mixed"] = two_workers(scratch, database_url, mixed, notes)
             finally:
                 drop_database(admin_url, database)
+            speedups.append(parallel_speedup())
+            machine_speedup = {"before": speedups[0], "after": speedups[1],
+                               "mean": round(sum(speedups) / 2, 2)}
 
         # 3. the WeRoBot echo robot
         port = free_port()
@@ -361,8 +368,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      {**os.environ, "PYTHONPATH": str(ROOT)}, [url],
                      f"{url}/?{signed_check()}")
         try:
-            phases["werobot_echo"] = measure(echo, Plan(targets=(url,), wechat_path="/",
-                                                        **wechat), "WeRoBot echo")
+            # Its best of a few connection counts: beyond its listen backlog of 5, a
+            # connection attempt can be dropped and retried a second later, which would
+            # understate the peer.
+            tries = [measure(echo, Plan(targets=(url,), wechat_path="/",
+                                        **{**wechat, "concurrency": connections}),
+                             f"WeRoBot echo, {connections} connections")
+                     for connections in WEROBOT_CONCURRENCIES]
+            phases["werobot_echo"] = max(tries, key=lambda t: t["all"]["per_second"])
+            for connections, tried in zip(WEROBOT_CONCURRENCIES, tries, strict=True):
+                if tried is not phases["werobot_echo"]:
+                    phases[f"werobot_echo_{connections}"] = tried
             server_line = next((line for line in echo.log_path.read_text().splitlines()
                                 if "server starting up" in line), "")
             notes.append(f"WeRoBot served by robot.run() default: {server_line.strip()} "
@@ -376,7 +392,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for server_log in scratch.glob("*/*.log"):
             shutil.copy(server_log, keep / server_log.name)
         shutil.rmtree(scratch, ignore_errors=True)
-    return {"phases": phases, "notes": notes}
+    result: dict[str, Any] = {"phases": phases, "notes": notes}
+    if "postgres_2_mixed" in phases:
+        result["two_process_speedup"] = machine_speedup
+    return result
 
 
 def one_worker(scratch: Path, database_url: str, mixed: dict[str, Any]) -> dict[str, Any]:
@@ -467,6 +486,26 @@ def _measure_many(services: list[Service], plan: Plan) -> dict[str, Any]:
 
 
 # -- the report -----------------------------------------------------------------------------
+SPIN = ("import time\nend = time.perf_counter() + {seconds}\nn = 0\n"
+        "while time.perf_counter() < end:\n    n += 1\nprint(n)")
+
+
+def parallel_speedup(seconds: float = SPIN_SECONDS) -> float:
+    """How much more work two CPU-bound processes get done than one, on this machine now.
+
+    A virtual machine's two "cores" may share a physical core, or a busy host, so two
+    workers cannot be expected to double one; this is the same question asked of a
+    plain counting loop, in the same run, as the yardstick for the two-worker ratio.
+    """
+    def count(processes: int) -> int:
+        spinning = [subprocess.Popen([sys.executable, "-c", SPIN.format(seconds=seconds)],
+                                     stdout=subprocess.PIPE, text=True)
+                    for _ in range(processes)]
+        return sum(int(process.communicate()[0]) for process in spinning)
+
+    return round(count(2) / max(count(1), 1), 2)
+
+
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     model = ""
@@ -483,8 +522,13 @@ def machine() -> dict[str, Any]:
             "python": platform.python_version(), "load_average": os.getloadavg()}
 
 
-def verdicts(phases: dict[str, Any]) -> list[tuple[str, str, bool]]:
-    """Each target of issue 10 with the measured figure and whether it is met."""
+def verdicts(phases: dict[str, Any],
+             speedup: dict[str, float] | None = None) -> list[tuple[str, str, bool]]:
+    """Each target of issue 10 with the measured figure and whether it is met.
+
+    The two-worker ratio also names the machine's own two-process speedup (`speedup`):
+    the most any two processes got here at the time.
+    """
     rows: list[tuple[str, str, bool]] = []
     one = phases.get("sqlite_1_mixed")
     if one:
@@ -504,8 +548,10 @@ def verdicts(phases: dict[str, Any]) -> list[tuple[str, str, bool]]:
     two, one_pg = phases.get("postgres_2_mixed"), phases.get("postgres_1_mixed")
     if one_pg and two:
         ratio = two["all"]["per_second"] / max(one_pg["all"]["per_second"], 1e-9)
+        yardstick = (f" (two counting loops on this machine: {speedup['mean']:.2f}x one)"
+                     if speedup else "")
         rows.append(("2 workers on PostgreSQL >= 1.6x one worker on PostgreSQL",
-                     f"{ratio:.2f}x", ratio >= TARGETS["two_workers_ratio"]))
+                     f"{ratio:.2f}x{yardstick}", ratio >= TARGETS["two_workers_ratio"]))
     if one and two:
         ratio = two["all"]["per_second"] / max(one["all"]["per_second"], 1e-9)
         rows.append(("2 workers on PostgreSQL >= 1.6x one worker on SQLite", f"{ratio:.2f}x",
@@ -574,7 +620,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     began = time.time()
     result = run(args)
-    result["verdicts"] = verdicts(result["phases"])
+    result["verdicts"] = verdicts(result["phases"], result.get("two_process_speedup"))
     result["machine"] = machine()
     result["started_utc"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(began))
     result["seconds"] = round(time.time() - began, 1)

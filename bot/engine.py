@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -63,7 +63,16 @@ class Turn:
 
 
 Handler = Callable[[Turn], Awaitable[list[Reply]]]
-Claim = Callable[[Transaction], Awaitable[bool]]
+
+
+class Delivery(Protocol):
+    """What a channel that redelivers messages keeps with each turn (see handle_delivery)."""
+
+    async def claim(self, tx: Transaction) -> bool:
+        """Record the delivery; False when it was recorded before (a repeat)."""
+
+    async def keep(self, tx: Transaction, replies: list[Reply]) -> None:
+        """Store what a repeat must be answered with, in the turn's transaction."""
 
 
 def numbered_choice(turn: Turn) -> str | None:
@@ -159,30 +168,33 @@ class Engine:
         a tracking number for a complaint that was not stored.  A turn that loses a race
         (a double-clicked confirmation, say) is run once more against the winner's data.
         """
-        replies = await self.handle_once(incoming, None)
+        replies = await self.handle_delivery(incoming, None)
         if replies is None:
-            raise AssertionError("only a claim turns a message away")
+            raise AssertionError("only a delivery's claim turns a message away")
         return replies
 
-    async def handle_once(self, incoming: Incoming, claim: Claim | None) -> list[Reply] | None:
-        """`handle`, for a channel that redelivers: None when `claim` says "seen before".
+    async def handle_delivery(self, incoming: Incoming,
+                              delivery: Delivery | None) -> list[Reply] | None:
+        """`handle`, for a channel that redelivers: None for a repeat of a delivery.
 
-        The claim (a delivery id recorded, say) runs first in the turn's own transaction,
-        so it commits with the turn or not at all: a worker that dies mid-turn leaves the
-        message unclaimed and the channel's retry is answered, while a repeat of a
-        message already answered is turned away without running the turn again.
+        The delivery is claimed first and its reply kept last, in the turn's own
+        transaction, so all of it commits together or not at all: a worker that dies
+        mid-turn leaves the message unclaimed and the channel's retry is answered, and
+        a repeat of a message already answered is turned away without running the turn.
         """
         incoming = _storable(incoming)
         for attempt in range(2):
             try:
                 async with self._transactions.begin() as tx:
-                    if claim is not None and not await claim(tx):
+                    if delivery is not None and not await delivery.claim(tx):
                         return None
                     state = await load_state(tx, incoming.channel, incoming.user_id)
                     turn = Turn(tx=tx, state=state, incoming=incoming)
                     replies = await self.handle_turn(turn)
                     state["turns"] = int(state.get("turns", 0)) + 1
                     await save_state(tx, incoming.channel, incoming.user_id, state)
+                    if delivery is not None:
+                        await delivery.keep(tx, replies)
                 return replies
             except IntegrityError:
                 if attempt:

@@ -26,16 +26,17 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 from bot.config import Config, ConfigError, WechatConfig
-from bot.engine import Claim
 from bot.limits import limits_of
-from bot.messages import Incoming
+from bot.messages import Incoming, Reply
 from bot.services import SERVICES, Services
+from bot.transactions import Transaction
 from handlers import wechat_store as store
 from handlers.wechat_api import WechatApi, WechatApiError, http_session
 from handlers.wechat_protocol import (
@@ -116,32 +117,27 @@ class WechatChannel:
         loop = asyncio.get_running_loop()
         done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline - loop.time()))
         if task in done:
-            pages = task.result()
+            pages = task.result()  # claimed, answered and kept in one transaction
             if pages is None:  # a repeat of a delivery answered (or being answered) before
                 return await self._reply_of_retry(key, deadline)
-            reply = pages[0] if pages else ""
-            async with self.services.transactions.begin() as tx:
-                await store.store_reply(tx, CHANNEL, key, reply)
-                await store.save_pages(tx, user, pages[1:])
-            return reply or None
+            return (pages[0] if pages else "") or None
         late = "" if self.api is not None else STILL_WORKING
         self._spawn(self._deliver_late(task, key, late, user))
         log.info("wechat: answer overran the %.1f s budget; delivering it later",
                  self.config.reply_budget_seconds)
         return late or None
 
-    async def _claim(self, key: str) -> bool:
-        """Claim a delivery in its own transaction; False when a retry finds it taken.
-
-        Messages for the engine are claimed inside their turn instead (`_claim_in`); this
-        is for the rest ("更多", media notes), which change little or nothing.
-        """
+    async def _alone(self, key: str, user: str,
+                     pages: Callable[[Transaction], Awaitable[list[str]]]) -> list[str] | None:
+        """A message that does not reach the engine ("更多", media): claimed, answered and
+        its reply kept in one transaction, like the engine's turns (`_Delivery`)."""
         async with self.services.transactions.begin() as tx:
-            return await store.add_claim(tx, CHANNEL, key)
-
-    def _claim_in(self, key: str) -> Claim:
-        """The claim the engine runs first in the turn's transaction (see Engine.handle_once)."""
-        return lambda tx: store.add_claim(tx, CHANNEL, key)
+            if not await store.add_claim(tx, CHANNEL, key):
+                return None
+            answer = await pages(tx)
+            await store.store_reply(tx, CHANNEL, key, answer[0] if answer else "")
+            await store.save_pages(tx, user, answer[1:])
+        return answer
 
     async def _purge_when_due(self) -> None:
         """Drop old claims, at most once every `CLAIM_PURGE_SECONDS` per worker."""
@@ -210,11 +206,10 @@ class WechatChannel:
         if kind == "text":
             text = message.get("Content", "").strip()
             if text in MORE_WORDS:
-                if not await self._claim(key):
-                    return None
-                async with self.services.transactions.begin(read_only=True) as tx:
-                    pending = await store.pending_pages(tx, user)
-                return pending or [NO_MORE_PAGES]
+                async def more(tx: Transaction) -> list[str]:
+                    return await store.pending_pages(tx, user) or [NO_MORE_PAGES]
+
+                return await self._alone(key, user, more)
             limit = self.services.config.chat.max_text_chars
             return await self._engine(Incoming(CHANNEL, user, text=text[:limit], meta=NUMBERED),
                                       key)
@@ -223,7 +218,7 @@ class WechatChannel:
             if recognition:
                 return await self._engine(Incoming(CHANNEL, user, text=recognition,
                                                    meta=NUMBERED), key)
-            return [VOICE_UNCLEAR] if await self._claim(key) else None
+            return await self._alone(key, user, _constant([VOICE_UNCLEAR]))
         if kind == "event":
             event = message.get("Event", "").strip().lower()
             if event == "subscribe":
@@ -234,11 +229,13 @@ class WechatChannel:
                 return await self._engine(Incoming(CHANNEL, user, action=action, meta=NUMBERED),
                                           key)
             return []
-        return [media_note(kind)] if await self._claim(key) else None
+        return await self._alone(key, user, _constant([media_note(kind)]))
 
     async def _engine(self, incoming: Incoming, key: str) -> list[str] | None:
-        replies = await self.services.chat.handle_once(incoming, self._claim_in(key))
-        return None if replies is None else paginate(render(replies), self.page_bytes)
+        delivery = _Delivery(key, incoming.user_id, self.page_bytes)
+        if await self.services.chat.handle_delivery(incoming, delivery) is None:
+            return None
+        return delivery.pages
 
     # -- background work -----------------------------------------------------------------
     def _spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -256,6 +253,32 @@ class WechatChannel:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+
+
+@dataclass
+class _Delivery:
+    """One WeChat message on its way through the engine (`Engine.handle_delivery`): the
+    MsgId claimed, and the rendered reply and unread pages kept, in the turn's transaction."""
+
+    key: str
+    user: str
+    page_bytes: int
+    pages: list[str] = field(default_factory=list)
+
+    async def claim(self, tx: Transaction) -> bool:
+        return await store.add_claim(tx, CHANNEL, self.key)
+
+    async def keep(self, tx: Transaction, replies: list[Reply]) -> None:
+        self.pages = paginate(render(replies), self.page_bytes)
+        await store.store_reply(tx, CHANNEL, self.key, self.pages[0] if self.pages else "")
+        await store.save_pages(tx, self.user, self.pages[1:])
+
+
+def _constant(pages: list[str]) -> Callable[[Transaction], Awaitable[list[str]]]:
+    async def answer(_tx: Transaction) -> list[str]:
+        return pages
+
+    return answer
 
 
 WECHAT = web.AppKey("wechat", WechatChannel)

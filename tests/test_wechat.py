@@ -28,7 +28,7 @@ from bot import texts
 from bot.app import create_app
 from bot.cli import main as cli_main
 from bot.config import Config, ConfigError, build_config
-from bot.engine import Claim
+from bot.engine import Delivery
 from bot.messages import Incoming, Reply
 from bot.models import Conversation, ProcessedDelivery, SharedSecretCache, utcnow
 from bot.services import SERVICES, open_services
@@ -251,13 +251,13 @@ async def count(app: web.Application, model: type, *where: Any) -> int:
 def answer_slowly(app: web.Application, seconds: float = 0.05) -> None:
     """Every answer takes `seconds` longer (a busy worker), to overrun a tiny reply budget."""
     engine = app[SERVICES].chat
-    answer = engine.handle_once
+    answer = engine.handle_delivery
 
-    async def slowly(incoming: Incoming, claim: Claim | None) -> list[Reply] | None:
+    async def slowly(incoming: Incoming, delivery: Delivery | None) -> list[Reply] | None:
         await asyncio.sleep(seconds)
-        return await answer(incoming, claim)
+        return await answer(incoming, delivery)
 
-    engine.handle_once = slowly  # type: ignore[method-assign]
+    engine.handle_delivery = slowly  # type: ignore[method-assign]
 
 
 async def engine_turns(app: web.Application, user: str = USER) -> int:

@@ -428,6 +428,11 @@ def two_workers(scratch: Path, database_url: str, mixed: dict[str, Any],
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while len(service.workers()) < 2 and time.monotonic() < deadline:
             time.sleep(0.3)
+        # The generator's connections last the whole phase, and the kernel spreads them
+        # only over the workers listening when they connect: wait for both sockets.
+        while (len(listening(port) & set(service.workers())) < 2
+               and time.monotonic() < deadline):
+            time.sleep(0.3)
         _wait_all_healthy(url, deadline)
     else:
         services, urls = [], []
@@ -454,6 +459,30 @@ def two_workers(scratch: Path, database_url: str, mixed: dict[str, Any],
         for service in services:
             service.stop()
     return result
+
+
+def listening(port: int) -> set[int]:
+    """The processes with a listening TCP socket on `port` (from /proc; Linux only)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (entry / "fd").iterdir()):
+                pids.add(int(entry.name))
+        except OSError:
+            continue
+    return pids
 
 
 def _wait_all_healthy(url: str, deadline: float) -> None:

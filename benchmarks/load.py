@@ -1,21 +1,23 @@
 """`python -m benchmarks load`: the service under a realistic load, loopback only (issue 10).
 
-Four services are started in turn on free ports of 127.0.0.1, each driven by the load
-generator (`benchmarks.load_client`) in its own process:
+Services are started on free ports of 127.0.0.1, each driven by the load generator
+(`benchmarks.load_client`) in its own process:
 
 1. `xiaobao serve`, one worker on SQLite: the mixed load (questions, scam checks and whole
-   complaint dialogues on /api/chat, questions through signed plain-mode WeChat requests),
-   then WeChat questions alone;
+   complaint dialogues on /api/chat, questions through signed plain-mode WeChat requests);
+   then WeChat questions alone, in turn with a minimal WeRoBot echo robot
+   (`benchmarks.werobot_echo`) running beside it, the same requests to both
+   (`wechat_rounds`);
 2. `xiaobao serve`, one worker on a private PostgreSQL database (created for the phase and
    dropped after it): the same mixed load, the base of the scaling ratio;
 3. `xiaobao serve --workers 2` on another private PostgreSQL database, or two `xiaobao
    serve` processes on two ports with requests spread round-robin when `--workers` is not
-   available: the same mixed load;
-4. a minimal WeRoBot echo robot (`benchmarks.werobot_echo`): the same WeChat requests.
+   available: the same mixed load; before 2 and after 3, two counting loops against one
+   (`parallel_speedup`), the machine's own two-process speedup.
 
 Each phase reports messages per second, median and p99 latency, errors, each worker's
 peak memory (VmHWM from /proc/PID/status) and CPU time.  A table goes to stdout, progress
-to stderr and every figure to `var/bench/load.json`.  About three minutes in all.
+to stderr and every figure to `var/bench/load.json`.  About four minutes in all.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import argparse
 import asyncio
 import hashlib
 import importlib.util
+import itertools
 import json
 import os
 import platform
@@ -56,6 +59,9 @@ SPIN_SECONDS = 4.0
 # The WeChat-only runs, ours and the peer's: WeRoBot's wsgiref server answers one request
 # at a time with a listen backlog of 5, so it does best with few connections.
 WECHAT_CONCURRENCIES = (16, 4)
+# The mixed phases use the load generator's default seed (1); every WeChat-only run pair
+# gets the next one from here (the seed picks the visitors' ids and the MsgIds).
+WECHAT_FIRST_SEED = 101
 TARGETS = {
     "chat_per_second_one_worker": 800.0,
     "p99_ms": 100.0,
@@ -321,6 +327,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     scratch = Path(tempfile.mkdtemp(prefix="xiaobao-load-"))
     xiaobao = str(BIN / "xiaobao")
     phases: dict[str, Any] = {}
+    wechat_runs: dict[str, Any] = {}
     notes: list[str] = []
     mixed = dict(warmup_seconds=args.warmup, duration_seconds=args.duration,
                  concurrency=args.concurrency, token=TOKEN)
@@ -328,26 +335,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     wechat = dict(warmup_seconds=args.warmup, duration_seconds=args.wechat_duration,
                   token=TOKEN, mix="wechat")
     try:
-        # 1. one worker on SQLite
+        # 1. one worker on SQLite, and the WeRoBot echo robot beside it
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         service = start("sqlite-1", [xiaobao, "serve"], scratch / "sqlite",
                         xiaobao_environ(f"sqlite:///{scratch / 'sqlite' / 'bench.db'}", port),
                         [url], f"{url}/healthz")
+        echo_port = free_port()
+        echo_url = f"http://127.0.0.1:{echo_port}"
+        try:
+            echo = start("werobot", [sys.executable, "-m", "benchmarks.werobot_echo",
+                                     "--port", str(echo_port), "--token", TOKEN],
+                         scratch / "werobot", {**os.environ, "PYTHONPATH": str(ROOT)},
+                         [echo_url], f"{echo_url}/?{signed_check()}")
+        except BaseException:
+            service.stop()
+            raise
         try:
             phases["sqlite_1_mixed"] = measure(service, Plan(targets=(url,), **mixed),
                                                "1 worker, SQLite, mixed")
-            # Measured like the peer below: with 16 and with 4 connections, the better run
-            # counts (the other is kept in the report too).
-            tries = [measure(service, Plan(targets=(url,), **{**wechat, "concurrency": n}),
-                             f"1 worker, SQLite, WeChat questions, {n} connections")
-                     for n in WECHAT_CONCURRENCIES]
-            phases["sqlite_1_wechat"] = max(tries, key=lambda t: t["all"]["per_second"])
-            for connections, tried in zip(WECHAT_CONCURRENCIES, tries, strict=True):
-                if tried is not phases["sqlite_1_wechat"]:
-                    phases[f"sqlite_1_wechat_{connections}"] = tried
+            runs = wechat_rounds(service, echo, wechat, args.wechat_rounds)
+            phases["sqlite_1_wechat"] = max(runs["xiaobao"],
+                                            key=lambda t: t["all"]["per_second"])
+            phases["werobot_echo"] = max(runs["werobot"], key=lambda t: t["all"]["per_second"])
+            wechat_runs = {side: [{"connections": run["connections"],
+                                   "per_second": run["all"]["per_second"],
+                                   "p99_ms": run["all"]["p99_ms"]} for run in tried]
+                           for side, tried in runs.items()}
+            server_line = next((line for line in echo.log_path.read_text().splitlines()
+                                if "server starting up" in line), "")
+            notes.append(f"WeRoBot served by robot.run() default: {server_line.strip()} "
+                         f"{bottle_server()}")
         finally:
             service.stop()
+            echo.stop()
 
         # 2. one worker, then two workers, on PostgreSQL (each on a fresh database)
         if args.skip_postgres:
@@ -371,31 +392,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             machine_speedup = {"before": speedups[0], "after": speedups[1],
                                "mean": round(sum(speedups) / 2, 2)}
 
-        # 3. the WeRoBot echo robot
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        echo = start("werobot", [sys.executable, "-m", "benchmarks.werobot_echo", "--port",
-                                 str(port), "--token", TOKEN], scratch / "werobot",
-                     {**os.environ, "PYTHONPATH": str(ROOT)}, [url],
-                     f"{url}/?{signed_check()}")
-        try:
-            # Its best of a few connection counts: beyond its listen backlog of 5, a
-            # connection attempt can be dropped and retried a second later, which would
-            # understate the peer.
-            tries = [measure(echo, Plan(targets=(url,), wechat_path="/",
-                                        **{**wechat, "concurrency": connections}),
-                             f"WeRoBot echo, {connections} connections")
-                     for connections in WECHAT_CONCURRENCIES]
-            phases["werobot_echo"] = max(tries, key=lambda t: t["all"]["per_second"])
-            for connections, tried in zip(WECHAT_CONCURRENCIES, tries, strict=True):
-                if tried is not phases["werobot_echo"]:
-                    phases[f"werobot_echo_{connections}"] = tried
-            server_line = next((line for line in echo.log_path.read_text().splitlines()
-                                if "server starting up" in line), "")
-            notes.append(f"WeRoBot served by robot.run() default: {server_line.strip()} "
-                         f"{bottle_server()}")
-        finally:
-            echo.stop()
     finally:
         keep = args.output.parent / "load-logs"
         shutil.rmtree(keep, ignore_errors=True)
@@ -403,10 +399,39 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for server_log in scratch.glob("*/*.log"):
             shutil.copy(server_log, keep / server_log.name)
         shutil.rmtree(scratch, ignore_errors=True)
-    result: dict[str, Any] = {"phases": phases, "notes": notes}
+    result: dict[str, Any] = {"phases": phases, "notes": notes, "wechat_runs": wechat_runs}
     if "postgres_2_mixed" in phases:
         result["two_process_speedup"] = machine_speedup
     return result
+
+
+def wechat_rounds(ours: Service, peer: Service, wechat: dict[str, Any],
+                  rounds: int) -> dict[str, list[dict[str, Any]]]:
+    """The same WeChat questions against xiaobao and the WeRoBot echo robot, in turn.
+
+    Each side is measured with 16 and with 4 connections (WeRoBot's wsgiref server
+    answers one request at a time with a listen backlog of 5: with 16 connections some
+    connection attempts are dropped and retried a second later), and the two sides
+    alternate for `rounds` rounds, so that a slow minute of a shared machine falls on
+    both rather than on one.  Each side's best run is its figure.
+    """
+    runs: dict[str, list[dict[str, Any]]] = {"xiaobao": [], "werobot": []}
+    seeds = itertools.count(WECHAT_FIRST_SEED)
+    for round_number in range(1, rounds + 1):
+        for connections in WECHAT_CONCURRENCIES:
+            # A seed of its own for every pair of runs: fresh followers and MsgIds, or
+            # xiaobao would answer repeats of earlier runs' messages from stored replies.
+            seed = next(seeds)
+            for side, service, path in (("xiaobao", ours, "/wechat"), ("werobot", peer, "/")):
+                label = ("1 worker, SQLite, WeChat questions" if side == "xiaobao"
+                         else "WeRoBot echo") + f", {connections} connections"
+                run = measure(service, Plan(targets=(service.urls[0],), wechat_path=path,
+                                            seed=seed,
+                                            **{**wechat, "concurrency": connections}),
+                              f"{label}, round {round_number}")
+                run["connections"] = connections
+                runs[side].append(run)
+    return runs
 
 
 def one_worker(scratch: Path, database_url: str, mixed: dict[str, Any]) -> dict[str, Any]:
@@ -625,6 +650,9 @@ def report(result: dict[str, Any]) -> str:
                      f"{cpu['machine_busy_cores']} of {cpu['machine_cores']} | "
                      f"{workers / cpu['wall_seconds']:.2f} | {cpu['generator_cores']} | "
                      f"{cpu['postgres_cores']} |")
+    for side, tried in result.get("wechat_runs", {}).items():
+        lines.append(f"{side} WeChat-only runs (connections: msg/s, p99 ms): " + ", ".join(
+            f"{run['connections']}: {run['per_second']}, {run['p99_ms']}" for run in tried))
     ours, peer = result["phases"].get("sqlite_1_wechat"), result["phases"].get("werobot_echo")
     if ours and peer:
         lines += ["", "xiaobao WeChat question path / WeRoBot echo: throughput "
@@ -643,8 +671,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=30.0,
                         help="measured seconds of each mixed phase (default 30)")
-    parser.add_argument("--wechat-duration", type=float, default=15.0,
-                        help="measured seconds of each WeChat-only phase (default 15)")
+    parser.add_argument("--wechat-duration", type=float, default=10.0,
+                        help="measured seconds of each WeChat-only run (default 10)")
+    parser.add_argument("--wechat-rounds", type=int, default=2,
+                        help="rounds of WeChat-only runs, xiaobao and WeRoBot in turn, "
+                             "each with 16 and 4 connections (default 2)")
     parser.add_argument("--warmup", type=float, default=5.0,
                         help="warm-up seconds before each measurement (default 5)")
     # 16 keeps one SQLite worker saturated: 32 gave no more messages a second, only twice

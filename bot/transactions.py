@@ -155,11 +155,7 @@ class Transaction:
                 # on top of ours; committing it commits the one SQLite transaction.
                 await session.commit()
             await self._close_session()
-        if self._sqlite is not None:
-            if self._sqlite.in_transaction:
-                self._sqlite.commit()
-        else:
-            await self.connection.commit()
+        await self._end(commit=True)
 
     async def _rollback(self) -> None:
         try:
@@ -167,11 +163,14 @@ class Transaction:
                 await self._session.rollback()
         finally:
             await self._close_session()
-            if self._sqlite is not None:
-                if self._sqlite.in_transaction:
-                    self._sqlite.rollback()
-            else:
-                await self.connection.rollback()
+            await self._end(commit=False)
+
+    async def _end(self, commit: bool) -> None:
+        """Commit or roll back at the driver what the ORM session has not ended itself."""
+        if self._sqlite is None:
+            await (self.connection.commit() if commit else self.connection.rollback())
+        elif self._sqlite.in_transaction:
+            (self._sqlite.commit if commit else self._sqlite.rollback)()
 
     async def _close_session(self) -> None:
         session, self._session = self._session, None

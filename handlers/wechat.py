@@ -135,8 +135,7 @@ class WechatChannel:
             if not await store.add_claim(tx, CHANNEL, key):
                 return None
             answer = await pages(tx)
-            await store.store_reply(tx, CHANNEL, key, answer[0] if answer else "")
-            await store.save_pages(tx, user, answer[1:])
+            await store.keep_answer(tx, CHANNEL, key, user, answer)
         return answer
 
     async def _purge_when_due(self) -> None:
@@ -270,8 +269,7 @@ class _Delivery:
 
     async def keep(self, tx: Transaction, replies: list[Reply]) -> None:
         self.pages = paginate(render(replies), self.page_bytes)
-        await store.store_reply(tx, CHANNEL, self.key, self.pages[0] if self.pages else "")
-        await store.save_pages(tx, self.user, self.pages[1:])
+        await store.keep_answer(tx, CHANNEL, self.key, self.user, self.pages)
 
 
 def _constant(pages: list[str]) -> Callable[[Transaction], Awaitable[list[str]]]:

@@ -70,6 +70,14 @@ async def store_reply(tx: Transaction, channel: str, key: str, reply: str) -> No
     await tx.run(_STORE_REPLY, {"of_channel": channel, "of_key": key, "new_reply": reply})
 
 
+async def keep_answer(tx: Transaction, channel: str, key: str, user_id: str,
+                      pages: list[str]) -> None:
+    """Keep what a claimed delivery was answered: its first page for retries, the rest
+    for "更多"."""
+    await store_reply(tx, channel, key, pages[0] if pages else "")
+    await save_pages(tx, user_id, pages[1:])
+
+
 # -- pages of long answers -----------------------------------------------------------------
 async def pending_pages(tx: Transaction, user_id: str) -> list[str]:
     """The pages of the last long answer the user has not read yet."""

@@ -133,11 +133,6 @@ class _InvertedTfidf:
         self._rows = matrix.indices
         self._weights = matrix.data
 
-    def score(self, tokens: Sequence[str]) -> tuple[np.ndarray, float]:
-        """Cosine of the query with every row, and the share of tokens the space knows."""
-        columns, tf, coverage = term_frequencies(tokens, self.vocabulary)
-        return self.score_terms(columns, tf), coverage
-
     def score_terms(self, columns: np.ndarray, tf: np.ndarray) -> np.ndarray:
         """Cosine with every row for a query given as (columns, sublinear tf)."""
         rows, values = self.postings(columns, tf)
@@ -713,7 +708,7 @@ class Matcher:
         n_word = int(word_lengths.sum())
         total = n_word + int(char_lengths.sum())
         if total < _SLICE_COPY_MIN_AVERAGE * (len(word_terms) + len(char_terms)):
-            # Short lists (the real base): fewer numpy calls beat saving a memory pass.
+            # Short lists (a query of rare terms): fewer numpy calls beat a memory pass.
             word_rows, word_values = self.words_.postings(word_terms, word_tf)
             char_rows, char_values = self.chars_.postings(char_terms, char_tf)
             rows = np.concatenate((word_rows, char_rows))

@@ -57,7 +57,7 @@ class DialogueTurn:
 
 
 class ComplaintDialogue:
-    """Runs the complaint form over a database-backed draft; stateless itself."""
+    """Runs the complaint form over a database-backed draft; keeps no conversation state."""
 
     def __init__(self, triage: Triage, knowledge: KnowledgeIndex, chat: ChatConfig,
                  complaints: ComplaintsConfig, rng: random.Random | None = None) -> None:
@@ -67,6 +67,7 @@ class ComplaintDialogue:
         self.chat = chat
         self.config = complaints
         self.rng = rng or random.SystemRandom()
+        self.stories = records.StoryTrigrams()  # derived from filed stories, never changed
 
     # -- draft storage -----------------------------------------------------------------
     async def draft(self, turn: DialogueTurn, now: datetime | None = None) -> Draft | None:
@@ -256,6 +257,7 @@ class ComplaintDialogue:
                 agent_reasons=tuple(triage.get("agent_reasons", ())),
             ),
             self.directory, self.config.tracking_prefix, self.config.dashboard_url, self.rng,
+            stories=self.stories,
         )
         row.discard()
         turn.state.pop("mode", None)

@@ -167,6 +167,18 @@ def _valid_id(first17: str) -> str:
     return first17 + "10X98765432"[total % 11]
 
 
+async def test_the_same_story_from_several_consumers_is_flagged_as_possibly_agent_led(client):
+    for user in ("consumer-1", "consumer-2", "consumer-3"):
+        chat = Chat(client, user)
+        await chat.file_until_summary()
+        await chat.press("确认提交")
+    first, second, third = sorted(await _complaints(client), key=lambda c: c.id)
+    assert not any("几乎一样" in reason for reason in first.agent_reasons)
+    assert "与近期1件投诉的内容几乎一样" in second.agent_reasons
+    assert "与近期2件投诉的内容几乎一样" in third.agent_reasons
+    assert third.agent_led
+
+
 async def test_confirming_twice_creates_one_record(client):
     chat = Chat(client)
     await chat.file_until_summary()

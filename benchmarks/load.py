@@ -59,8 +59,10 @@ SPIN_SECONDS = 4.0
 # The WeChat-only runs, ours and the peer's: WeRoBot's wsgiref server answers one request
 # at a time with a listen backlog of 5, so it does best with few connections.
 WECHAT_CONCURRENCIES = (16, 4)
-# The mixed phases use the load generator's default seed (1); every WeChat-only run pair
-# gets the next one from here (the seed picks the visitors' ids and the MsgIds).
+# The seed picks the visitors' ids and the MsgIds: every run gets a fresh one, or it would
+# continue the dialogues of an earlier run on the same database (or, on WeChat, send
+# MsgIds already answered).  Mixed runs count up from 1, WeChat-only run pairs from 101.
+MIXED_FIRST_SEED = 1
 WECHAT_FIRST_SEED = 101
 TARGETS = {
     "chat_per_second_one_worker": 800.0,
@@ -328,6 +330,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     xiaobao = str(BIN / "xiaobao")
     phases: dict[str, Any] = {}
     wechat_runs: dict[str, Any] = {}
+    mixed_runs: dict[str, list[dict[str, Any]]] = {}
     notes: list[str] = []
     mixed = dict(warmup_seconds=args.warmup, duration_seconds=args.duration,
                  concurrency=args.concurrency, token=TOKEN)
@@ -352,12 +355,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             service.stop()
             raise
         try:
-            phases["sqlite_1_mixed"] = measure(service, Plan(targets=(url,), **mixed),
-                                               "1 worker, SQLite, mixed")
+            sqlite_runs = [
+                measure(service, Plan(targets=(url,), seed=MIXED_FIRST_SEED + number, **mixed),
+                        f"1 worker, SQLite, mixed, round {number + 1}")
+                for number in range(args.rounds)]
+            phases["sqlite_1_mixed"] = best(sqlite_runs)
+            mixed_runs["sqlite_1"] = summary(sqlite_runs)
             runs = wechat_rounds(service, echo, wechat, args.wechat_rounds)
-            phases["sqlite_1_wechat"] = max(runs["xiaobao"],
-                                            key=lambda t: t["all"]["per_second"])
-            phases["werobot_echo"] = max(runs["werobot"], key=lambda t: t["all"]["per_second"])
+            phases["sqlite_1_wechat"] = best(runs["xiaobao"])
+            phases["werobot_echo"] = best(runs["werobot"])
             wechat_runs = {side: [{"connections": run["connections"],
                                    "per_second": run["all"]["per_second"],
                                    "p99_ms": run["all"]["p99_ms"]} for run in tried]
@@ -377,17 +383,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             admin_url = args.postgres_url or os.environ.get(POSTGRES_ENV) or DEFAULT_POSTGRES
             log("two counting loops against one (the machine's own two-process speedup)")
             speedups = [parallel_speedup()]
-            database_url, database = private_database(admin_url, "1")
-            try:
-                phases["postgres_1_mixed"] = one_worker(scratch, database_url, mixed_postgres)
-            finally:
-                drop_database(admin_url, database)
-            database_url, database = private_database(admin_url, "2")
-            try:
-                phases["postgres_2_mixed"] = two_workers(scratch, database_url, mixed_postgres,
-                                                         notes)
-            finally:
-                drop_database(admin_url, database)
+            one_runs: list[dict[str, Any]] = []
+            two_runs: list[dict[str, Any]] = []
+            for number in range(1, args.rounds + 1):  # alternating: a slow minute hits both
+                database_url, database = private_database(admin_url, f"1_{number}")
+                try:
+                    one_runs.append(one_worker(scratch, database_url, mixed_postgres, number))
+                finally:
+                    drop_database(admin_url, database)
+                database_url, database = private_database(admin_url, f"2_{number}")
+                try:
+                    two_runs.append(two_workers(scratch, database_url, mixed_postgres,
+                                                notes, number))
+                finally:
+                    drop_database(admin_url, database)
+            phases["postgres_1_mixed"], phases["postgres_2_mixed"] = best(one_runs), best(
+                two_runs)
+            mixed_runs["postgres_1"], mixed_runs["postgres_2"] = summary(one_runs), summary(
+                two_runs)
             speedups.append(parallel_speedup())
             machine_speedup = {"before": speedups[0], "after": speedups[1],
                                "mean": round(sum(speedups) / 2, 2)}
@@ -399,7 +412,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for server_log in scratch.glob("*/*.log"):
             shutil.copy(server_log, keep / server_log.name)
         shutil.rmtree(scratch, ignore_errors=True)
-    result: dict[str, Any] = {"phases": phases, "notes": notes, "wechat_runs": wechat_runs}
+    result: dict[str, Any] = {"phases": phases, "notes": notes, "wechat_runs": wechat_runs,
+                              "mixed_runs": mixed_runs}
     if "postgres_2_mixed" in phases:
         result["two_process_speedup"] = machine_speedup
     return result
@@ -434,7 +448,24 @@ def wechat_rounds(ours: Service, peer: Service, wechat: dict[str, Any],
     return runs
 
 
-def one_worker(scratch: Path, database_url: str, mixed: dict[str, Any]) -> dict[str, Any]:
+def best(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the most messages a second.
+
+    The machine is a shared VM whose neighbours only ever slow a run down, so the best of
+    a few runs is the closest to what the service itself can do (as `timeit` takes the
+    minimum); every run is reported beside it.
+    """
+    return max(runs, key=lambda run: run["all"]["per_second"])
+
+
+def summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each run's throughput and p99, for the report."""
+    return [{"per_second": run["all"]["per_second"], "p99_ms": run["all"]["p99_ms"],
+             "chat_per_second": run.get("chat", run["all"])["per_second"]} for run in runs]
+
+
+def one_worker(scratch: Path, database_url: str, mixed: dict[str, Any],
+               number: int = 1) -> dict[str, Any]:
     """The mixed load on one worker on PostgreSQL: the base of the scaling ratio."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -442,13 +473,14 @@ def one_worker(scratch: Path, database_url: str, mixed: dict[str, Any]) -> dict[
                     scratch / "postgres-single",
                     xiaobao_environ(database_url, port), [url], f"{url}/healthz")
     try:
-        return measure(service, Plan(targets=(url,), **mixed), "1 worker, PostgreSQL, mixed")
+        return measure(service, Plan(targets=(url,), seed=MIXED_FIRST_SEED + number, **mixed),
+                       f"1 worker, PostgreSQL, mixed, round {number}")
     finally:
         service.stop()
 
 
 def two_workers(scratch: Path, database_url: str, mixed: dict[str, Any],
-                notes: list[str]) -> dict[str, Any]:
+                notes: list[str], number: int = 1) -> dict[str, Any]:
     """The mixed load on two workers sharing one PostgreSQL database."""
     xiaobao = str(BIN / "xiaobao")
     port = free_port()
@@ -458,7 +490,9 @@ def two_workers(scratch: Path, database_url: str, mixed: dict[str, Any],
                         scratch / "postgres", xiaobao_environ(database_url, port), [url],
                         f"{url}/healthz")
         services, targets = [service], (url,)
-        notes.append("two workers: `xiaobao serve --workers 2` (one port, SO_REUSEPORT)")
+        note = "two workers: `xiaobao serve --workers 2` (one port, SO_REUSEPORT)"
+        if note not in notes:
+            notes.append(note)
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while len(service.workers()) < 2 and time.monotonic() < deadline:
             time.sleep(0.3)
@@ -479,16 +513,18 @@ def two_workers(scratch: Path, database_url: str, mixed: dict[str, Any],
                                   f"{url}/healthz"))
             urls.append(url)
         targets = tuple(urls)
-        notes.append("two workers: two `xiaobao serve` processes on two ports, requests "
-                     "round-robin (`serve --workers` was not available)")
+        note = ("two workers: two `xiaobao serve` processes on two ports, requests "
+                "round-robin (`serve --workers` was not available)")
+        if note not in notes:
+            notes.append(note)
     try:
         merged = Service("postgres-2", services[0].process, list(targets),
                          services[0].log_path)
+        plan = Plan(targets=targets, seed=MIXED_FIRST_SEED + number, **mixed)
         if len(services) > 1:
-            result = _measure_many(services, Plan(targets=targets, **mixed))
+            result = _measure_many(services, plan)
         else:
-            result = measure(merged, Plan(targets=targets, **mixed),
-                             "2 workers, PostgreSQL, mixed")
+            result = measure(merged, plan, f"2 workers, PostgreSQL, mixed, round {number}")
     finally:
         for service in services:
             service.stop()
@@ -650,6 +686,9 @@ def report(result: dict[str, Any]) -> str:
                      f"{cpu['machine_busy_cores']} of {cpu['machine_cores']} | "
                      f"{workers / cpu['wall_seconds']:.2f} | {cpu['generator_cores']} | "
                      f"{cpu['postgres_cores']} |")
+    for name, tried in result.get("mixed_runs", {}).items():
+        lines.append(f"{name} mixed runs (msg/s all paths, /api/chat msg/s, p99 ms): " + ", ".join(
+            f"{run['per_second']}, {run['chat_per_second']}, {run['p99_ms']}" for run in tried))
     for side, tried in result.get("wechat_runs", {}).items():
         lines.append(f"{side} WeChat-only runs (connections: msg/s, p99 ms): " + ", ".join(
             f"{run['connections']}: {run['per_second']}, {run['p99_ms']}" for run in tried))
@@ -669,8 +708,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the load benchmark, print the table and write the JSON report."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks load",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=30.0,
-                        help="measured seconds of each mixed phase (default 30)")
+    parser.add_argument("--duration", type=float, default=20.0,
+                        help="measured seconds of each mixed run (default 20)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="runs of each mixed phase, the PostgreSQL ones alternating "
+                             "one and two workers; each phase's best run counts (default 2)")
     parser.add_argument("--wechat-duration", type=float, default=10.0,
                         help="measured seconds of each WeChat-only run (default 10)")
     parser.add_argument("--wechat-rounds", type=int, default=2,
@@ -692,6 +734,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="leave out the two-worker PostgreSQL phase")
     parser.add_argument("--output", type=Path, default=ROOT / "var" / "bench" / "load.json")
     args = parser.parse_args(argv)
+    if args.rounds < 1 or args.wechat_rounds < 1:
+        parser.error("--rounds and --wechat-rounds must be at least 1")
     began = time.time()
     result = run(args)
     result["verdicts"] = verdicts(result["phases"], result.get("two_process_speedup"))

@@ -675,17 +675,23 @@ def report(result: dict[str, Any]) -> str:
         for worker in phase["workers"]:
             lines.append(f"| {phase['label']} | {worker['pid']} | {worker['peak_rss_mb']} MB "
                          f"| {worker['cpu_seconds_during_load']} |")
+    # CPU per message: the cores busy over the whole phase (warm-up included) divided by
+    # the measured rate, which assumes the warm-up ran at the same rate.
     lines += ["", "| phase | wall s | machine busy (cores) | workers (cores) | load generator "
-              "(cores) | PostgreSQL (cores) |", "|---|---:|---:|---:|---:|---:|"]
+              "(cores) | PostgreSQL (cores) | workers' CPU per message | machine's CPU per "
+              "message |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for phase in result["phases"].values():
         cpu = phase.get("cpu")
         if not cpu:
             continue
         workers = sum(w["cpu_seconds_during_load"] for w in phase["workers"])
+        worker_cores = workers / cpu["wall_seconds"]
+        rate = max(phase["all"]["per_second"], 1e-9)
         lines.append(f"| {phase['label']} | {cpu['wall_seconds']} | "
                      f"{cpu['machine_busy_cores']} of {cpu['machine_cores']} | "
-                     f"{workers / cpu['wall_seconds']:.2f} | {cpu['generator_cores']} | "
-                     f"{cpu['postgres_cores']} |")
+                     f"{worker_cores:.2f} | {cpu['generator_cores']} | "
+                     f"{cpu['postgres_cores']} | {1000 * worker_cores / rate:.2f} ms | "
+                     f"{1000 * cpu['machine_busy_cores'] / rate:.2f} ms |")
     for name, tried in result.get("mixed_runs", {}).items():
         lines.append(f"{name} mixed runs (msg/s all paths, /api/chat msg/s, p99 ms): " + ", ".join(
             f"{run['per_second']}, {run['chat_per_second']}, {run['p99_ms']}" for run in tried))

@@ -146,7 +146,8 @@ async def ping(engine: AsyncEngine, timeout_s: float = PING_TIMEOUT_S) -> bool:
             await connection.execute(text("SELECT 1"))
 
     try:
-        await asyncio.wait_for(select_one(), timeout_s)
+        async with asyncio.timeout(timeout_s):  # unlike wait_for, never swallows a cancel
+            await select_one()
     except Exception:  # noqa: BLE001 - any failure means "not healthy"
         return False
     return True

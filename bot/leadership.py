@@ -93,10 +93,14 @@ class Leadership:
             autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
             try:
                 while True:
-                    if self.elected.is_set():
-                        await asyncio.wait_for(autocommit.scalar(text("SELECT 1")), timeout)
-                    elif await asyncio.wait_for(self._try_lock(autocommit), timeout):
-                        self._take_office()
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the
+                    # result instead of raising when it is cancelled just as the query
+                    # finishes, and a swallowed cancel left shutdown waiting for ever.
+                    async with asyncio.timeout(timeout):
+                        if self.elected.is_set():
+                            await autocommit.scalar(text("SELECT 1"))
+                        elif await self._try_lock(autocommit):
+                            self._take_office()
                     await asyncio.sleep(self.poll_seconds)
             finally:
                 self._step_down()  # before the connection (and with it the lock) goes

@@ -15,9 +15,12 @@ Services are started on free ports of 127.0.0.1, each driven by the load generat
    available: the same mixed load; before 2 and after 3, two counting loops against one
    (`parallel_speedup`), the machine's own two-process speedup.
 
-Each phase reports messages per second, median and p99 latency, errors, each worker's
-peak memory (VmHWM from /proc/PID/status) and CPU time.  A table goes to stdout, progress
-to stderr and every figure to `var/bench/load.json`.  About four minutes in all.
+Each mixed phase runs `--rounds` times on fresh visitors (2 and 3 alternating, each run on
+a fresh database) and its best run counts (`best`): the machine is a shared VM whose
+neighbours only ever slow a run down.  Each phase reports messages per second, median and
+p99 latency, errors, each worker's peak memory (VmHWM from /proc/PID/status) and CPU time,
+and the CPU it took per message.  A table goes to stdout, progress to stderr and every
+figure to `var/bench/load.json`.  About five and a half minutes in all.
 """
 
 from __future__ import annotations
@@ -737,7 +740,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"server to create the private database on (default "
                              f"${POSTGRES_ENV} or {DEFAULT_POSTGRES})")
     parser.add_argument("--skip-postgres", action="store_true",
-                        help="leave out the two-worker PostgreSQL phase")
+                        help="leave out the PostgreSQL phases (one and two workers)")
     parser.add_argument("--output", type=Path, default=ROOT / "var" / "bench" / "load.json")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.wechat_rounds < 1:

@@ -99,6 +99,7 @@ class Transaction:
         # Values loaded once per transaction (a complaint draft, say), so a second load in
         # the same turn sees the first one's unsaved changes.
         self.cache: dict[Any, Any] = {}
+        self._ended = False  # by `run_last`
 
     def _prepared(self, statement: Executable) -> _Compiled:
         prepared = self._compiled.get(id(statement))
@@ -113,8 +114,66 @@ class Transaction:
                                           or self._session.deleted):
             await self._session.flush()
 
+    def _untouched(self) -> bool:
+        """True while nothing has run in this transaction, so a statement may run alone."""
+        return (self._sqlite is None and self._session is None and not self._before_commit
+                and not self.connection.in_transaction())
+
+    def _check_open(self) -> None:
+        if self._ended:
+            raise RuntimeError("the transaction ended with its last statement")
+
+    async def _alone(self, statement: Executable, values: Mapping[str, Any]) -> Any:
+        """Run one statement outside any transaction (committed by the database at once).
+
+        The asyncpg driver begins its transaction at the first statement, with a round
+        trip of its own; in autocommit mode it sends the statement alone.  SQLAlchemy's
+        own (autobegun) transaction is then ended, which sends nothing.
+        """
+        driver = self.connection.sync_connection.connection.dbapi_connection  # type: ignore[union-attr]
+        driver.autocommit = True
+        try:
+            result = await self.connection.execute(statement, dict(values))
+            await self.connection.commit()
+        finally:
+            driver.autocommit = False
+        return result
+
+    async def read_first(self, statement: Executable,
+                         values: Mapping[str, Any]) -> Row | None:
+        """`first`, for a read that needs neither this transaction's snapshot nor its locks.
+
+        When nothing has run in the transaction yet, PostgreSQL gets the SELECT on its
+        own, without the BEGIN before it: one round trip instead of two.  What is read
+        this way may change before the transaction commits; the caller must check that
+        it did not (`run_last` with a version, say).  On SQLite it simply runs inside.
+        """
+        self._check_open()
+        if not self._untouched():
+            return await self.first(statement, values)
+        row = (await self._alone(statement, values)).first()
+        return tuple(row) if row is not None else None
+
+    async def run_last(self, statement: Executable, values: Mapping[str, Any]) -> int:
+        """`run`, for the transaction's last statement; the number of rows it touched.
+
+        When it is also the only one (no statement before it, no session, no write
+        waiting for the commit), PostgreSQL gets it on its own and commits it at once:
+        one round trip instead of BEGIN, the statement and COMMIT.  Nothing may run in
+        the transaction after it.
+        """
+        self._check_open()
+        if self._untouched():
+            count = int((await self._alone(statement, values)).rowcount)
+        else:
+            await self._write_pending()
+            count = await self.run(statement, values)
+        self._ended = True
+        return count
+
     async def first(self, statement: Executable, values: Mapping[str, Any]) -> Row | None:
         """The first row a prebuilt SELECT returns, converted as the ORM would, or None."""
+        self._check_open()
         await self._flush()
         if self._sqlite is None:
             result = await self.connection.execute(statement, dict(values))
@@ -126,6 +185,7 @@ class Transaction:
 
     async def run(self, statement: Executable, values: Mapping[str, Any]) -> int:
         """Run a prebuilt INSERT, UPDATE or DELETE; the number of rows it touched."""
+        self._check_open()
         await self._flush()
         if self._sqlite is None:
             result = await self.connection.execute(statement, dict(values))
@@ -135,18 +195,28 @@ class Transaction:
 
     def before_commit(self, write: Callable[[], Awaitable[None]]) -> None:
         """Run `write` just before the commit (for values changed in memory during a turn)."""
+        self._check_open()
         self._before_commit.append(write)
 
     async def session(self) -> AsyncSession:
         """An ORM session inside this transaction (opened on first use, flushed at commit)."""
+        self._check_open()
         if self._session is None:
+            if not self.connection.in_transaction():
+                # Begun here, so the session joins it instead of owning (and, when it
+                # closes, rolling back) a transaction of its own.
+                await self.connection.begin()
             self._session = AsyncSession(bind=self.connection, expire_on_commit=False,
                                          autoflush=True)
         return self._session
 
-    async def _commit(self) -> None:
-        for write in self._before_commit:
+    async def _write_pending(self) -> None:
+        writes, self._before_commit = self._before_commit, []
+        for write in writes:
             await write()
+
+    async def _commit(self) -> None:
+        await self._write_pending()
         session = self._session
         if session is not None:
             await session.flush()
@@ -257,10 +327,11 @@ class Transactions:
             async with self._sqlite.begin(read_only, self._compiled) as transaction:
                 yield transaction
             return
-        async with (self._reader if read_only else self.engine).connect() as connection:
-            await connection.begin()
-            async with _run(Transaction(connection, None, self._compiled)) as transaction:
-                yield transaction
+        # Not begun here: the driver begins it at the first statement (see `run_last`).
+        source = self._reader if read_only else self.engine
+        async with source.connect() as connection, \
+                _run(Transaction(connection, None, self._compiled)) as transaction:
+            yield transaction
 
     async def close(self) -> None:
         """Give back the held SQLite connection (before the engine is disposed)."""

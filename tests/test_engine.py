@@ -178,3 +178,37 @@ async def test_a_turn_survives_pooled_connections_the_database_dropped(knowledge
     finally:
         await admin.dispose()
         await opened.close()
+
+
+async def test_a_turn_that_lost_the_users_state_to_another_worker_runs_again_on_it(
+        knowledge_index, monkeypatch):
+    """Two workers, one user, two messages at once (PostgreSQL): the turn that read the
+    state first, unlocked, finds it saved by the other and runs again on what was saved,
+    so neither message is lost and neither answer is built on a stale state."""
+    url = postgres_url()
+    await reset_postgres(url)
+    config = build_config({"database": {"url": url}}, environ={})
+    mine = await open_services(config, knowledge_index)
+    other = await open_services(config, knowledge_index)
+    try:
+        await mine.chat.handle(Incoming(channel="web", user_id="race", text="你好"))
+        run_turn = mine.chat.handle_turn
+        seen_modes: list[str | None] = []
+
+        async def meanwhile_the_other_worker_answers(turn):
+            seen_modes.append(turn.state.get("mode"))
+            if len(seen_modes) == 1:
+                await other.chat.handle(Incoming(channel="web", user_id="race", action="check"))
+            return await run_turn(turn)
+
+        monkeypatch.setattr(mine.chat, "handle_turn", meanwhile_the_other_worker_answers)
+        pasted = "您的快递丢失，点击链接 http://kd-lp.cn 办理理赔退款"
+        replies = await mine.chat.handle(Incoming(channel="web", user_id="race", text=pasted))
+        assert seen_modes == [None, "scam-check"]  # run again on the other worker's state
+        assert "我的判断依据" in said(replies)  # so the pasted text was checked, as asked
+        async with mine.sessions() as session:
+            row = await session.get(Conversation, ("web", "race"))
+        assert row is not None and row.state["turns"] == 3 and "mode" not in row.state
+    finally:
+        await other.close()
+        await mine.close()

@@ -13,13 +13,14 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select, text
 
 from bot import db
 from bot.complaint_drafts import load_draft, new_draft
 from bot.models import ComplaintDraft, Conversation, UnansweredQuestion, as_utc
-from bot.state import load_state, save_state
+from bot.state import load_state, read_state, save_state, save_state_if_unchanged
 from bot.transactions import Transactions
+from tests.conftest import postgres_url, reset_postgres
 
 STATE = {"mode": "complaint", "buttons": ["kb:a", "menu"], "note": "老人家 😀 \u2028 ok"}
 
@@ -127,6 +128,92 @@ async def test_a_draft_created_and_discarded_in_one_turn_writes_nothing(transact
     async with transactions.begin() as tx:
         session = await tx.session()
         assert await session.get(ComplaintDraft, ("web", "u8")) is None
+
+
+# -- optimistic turns: an unlocked read, a versioned last write ------------------------------
+async def test_a_state_saved_against_its_version_is_kept(transactions):
+    async with transactions.begin() as tx:
+        state, version = await read_state(tx, "web", "o1")
+        assert (state, version) == ({}, None)
+        assert await save_state_if_unchanged(tx, "web", "o1", {"n": 1}, version)
+    async with transactions.begin() as tx:
+        state, version = await read_state(tx, "web", "o1")
+        assert (state, version) == ({"n": 1}, 1)
+        assert await save_state_if_unchanged(tx, "web", "o1", {"n": 2}, version)
+    async with transactions.begin(read_only=True) as tx:
+        assert await read_state(tx, "web", "o1") == ({"n": 2}, 2)
+
+
+async def test_a_state_saved_meanwhile_is_not_overwritten(transactions):
+    async with transactions.begin() as tx:
+        await save_state(tx, "web", "o2", {"n": 1})
+    async with transactions.begin() as tx:
+        _, version = await read_state(tx, "web", "o2")
+    async with transactions.begin() as tx:  # another turn of the same user wins
+        await save_state(tx, "web", "o2", {"n": 5})
+    async with transactions.begin() as tx:
+        assert not await save_state_if_unchanged(tx, "web", "o2", {"n": 2}, version)
+    async with transactions.begin() as tx:  # a new user, created meanwhile by another turn
+        await save_state(tx, "web", "o3", {"first": True})
+    async with transactions.begin() as tx:
+        assert not await save_state_if_unchanged(tx, "web", "o3", {"second": True}, None)
+    async with transactions.begin(read_only=True) as tx:
+        assert await load_state(tx, "web", "o2") == {"n": 5}
+        assert await load_state(tx, "web", "o3") == {"first": True}
+
+
+async def test_nothing_runs_after_the_last_statement(transactions):
+    with pytest.raises(RuntimeError, match="last statement"):
+        async with transactions.begin() as tx:
+            await save_state_if_unchanged(tx, "web", "o4", {}, None)
+            await load_state(tx, "web", "o4")
+
+
+async def test_writes_waiting_for_the_commit_go_in_with_the_last_statement(transactions):
+    async with transactions.begin() as tx:
+        new_draft(tx, "web", "o5").update({"values": {"story": "乱收费"}, "order": ["story"]})
+        assert await save_state_if_unchanged(tx, "web", "o5", {"mode": "complaint"}, None)
+    async with transactions.begin() as tx:
+        draft = await load_draft(tx, "web", "o5")
+        assert draft is not None and draft.data["values"] == {"story": "乱收费"}
+        assert await load_state(tx, "web", "o5") == {"mode": "complaint"}
+
+
+async def test_a_last_statement_inside_a_failed_block_is_rolled_back(transactions):
+    with pytest.raises(Boom):
+        async with transactions.begin() as tx:
+            await save_state(tx, "web", "o6", {"n": 1})
+            await save_state_if_unchanged(tx, "web", "o6", {"n": 2}, 1)
+            raise Boom
+    async with transactions.begin(read_only=True) as tx:
+        assert await read_state(tx, "web", "o6") == ({}, None)
+
+
+async def test_on_postgresql_a_lone_read_and_write_hold_no_transaction_open():
+    """The point of optimistic turns: no BEGIN before the read, the write committed at once
+    (so another connection sees it before the block ends), no transaction left idle."""
+    url = postgres_url()
+    await reset_postgres(url)
+    await db.upgrade(url)
+    engine, admin = db.create_engine(url), db.create_engine(url)
+    transactions = Transactions(engine)
+    try:
+        async with transactions.begin() as tx, admin.connect() as watcher:
+            row = await tx.read_first(select(func.pg_backend_pid()), {})
+            assert row is not None
+            backend = row[0]
+            activity = text("SELECT state FROM pg_stat_activity WHERE pid = :pid")
+            assert (await watcher.execute(activity, {"pid": backend})).scalar_one() == "idle"
+            assert await save_state_if_unchanged(tx, "web", "p1", {"n": 1}, None)
+            assert (await watcher.execute(activity, {"pid": backend})).scalar_one() == "idle"
+            await watcher.rollback()  # a fresh snapshot for the next read
+            seen = await watcher.execute(
+                select(Conversation.state).where(Conversation.user_id == "p1"))
+            assert seen.scalar_one() == {"n": 1}
+    finally:
+        await transactions.close()
+        await engine.dispose()
+        await admin.dispose()
 
 
 async def test_a_turn_waits_for_a_write_elsewhere_in_the_process_then_goes_on(sqlite_url):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import secrets
 import signal
@@ -399,6 +400,29 @@ def client() -> aiohttp.ClientSession:
                                  timeout=aiohttp.ClientTimeout(total=10))
 
 
+# The service runs in child processes, so the only sockets of this process that a cluster
+# test can leave unclosed are its own HTTP client's.  When a worker is killed with
+# connections queued at its port, aiohttp's client sometimes drops one of them without
+# closing it; the interpreter then reports it whenever the garbage collector gets to it,
+# which made an unrelated later test fail now and then.  Each cluster test collects its
+# garbage before it ends and ignores that report (and only that one); every assertion
+# about the service stands.
+_IGNORE_CLIENT_SOCKETS = pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. <(socket.socket|function _SelectorTransport.__del__)"
+    ":pytest.PytestUnraisableExceptionWarning")
+
+
+@pytest.fixture
+def client_garbage_collected() -> Iterator[None]:
+    yield
+    gc.collect()
+
+
+def client_socket_leaks_ignored(test: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a cluster test as above."""
+    return pytest.mark.usefixtures("client_garbage_collected")(_IGNORE_CLIENT_SOCKETS(test))
+
+
 async def until(condition: Callable[[], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -407,6 +431,7 @@ async def until(condition: Callable[[], bool], timeout: float) -> None:
 
 
 @pytest.mark.postgres
+@client_socket_leaks_ignored
 async def test_a_worker_killed_mid_dialogue_loses_and_doubles_nothing(cluster):
     await cluster.ready()
     people = consumers("kill", 12)
@@ -426,6 +451,7 @@ async def test_a_worker_killed_mid_dialogue_loses_and_doubles_nothing(cluster):
 
 
 @pytest.mark.postgres
+@client_socket_leaks_ignored
 async def test_the_database_going_away_is_survived(cluster):
     await cluster.ready()
     people = consumers("outage", 8)
@@ -451,6 +477,7 @@ async def test_the_database_going_away_is_survived(cluster):
 
 
 @pytest.mark.postgres
+@client_socket_leaks_ignored
 async def test_another_worker_takes_the_lead_when_the_leader_dies(cluster):
     await cluster.ready()
     deadline = time.monotonic() + 10  # after an outage the lock is taken again first

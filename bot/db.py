@@ -25,6 +25,7 @@ second session while holding one (it would wait for itself until
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -151,6 +154,19 @@ async def ping(engine: AsyncEngine, timeout_s: float = PING_TIMEOUT_S) -> bool:
     except Exception:  # noqa: BLE001 - any failure means "not healthy"
         return False
     return True
+
+
+def is_unreachable(error: BaseException) -> bool:
+    """True when `error` means the database cannot be reached just now (restarting, cut
+    off, every connection busy), as opposed to a bug.
+
+    An outage is expected to pass: callers answer 503 and log one line, instead of a 500
+    and a traceback for every message that arrives meanwhile.
+    """
+    if isinstance(error, DBAPIError):
+        return bool(error.connection_invalidated) or isinstance(
+            error, OperationalError | InterfaceError)
+    return isinstance(error, ConnectionError | socket.gaierror | PoolTimeout)
 
 
 def alembic_config(url: str) -> AlembicConfig:

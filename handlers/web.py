@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 CHANNEL = "web"
+UNAVAILABLE_RETRY_AFTER_S = 5  # a database restart usually takes a few seconds
 
 
 class BadRequest(ValueError):
@@ -116,14 +117,22 @@ async def index(request: web.Request) -> web.FileResponse:
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Answer unexpected failures of API routes with JSON, never a traceback."""
+    """Answer failures of API routes with JSON, never a traceback: 503 and Retry-After
+    while the database cannot be reached, 500 for anything else."""
     try:
         return await handler(request)
     except web.HTTPException as error:
         if request.path.startswith("/api/"):
             return _error(error.reason or "request failed", status=error.status)
         raise
-    except Exception:
+    except Exception as error:
+        if db.is_unreachable(error):
+            log.warning("database unavailable on %s %s (%s)", request.method, request.path,
+                        type(error).__name__)
+            response = _error("service temporarily unavailable, please try again shortly",
+                              status=503)
+            response.headers["Retry-After"] = str(UNAVAILABLE_RETRY_AFTER_S)
+            return response
         log.exception("unhandled error on %s %s", request.method, request.path)
         return _error("internal error, please try again later", status=500)
 

@@ -32,6 +32,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bot import db
 from bot.config import Config, ConfigError, WechatConfig
 from bot.limits import limits_of
 from bot.messages import Incoming, Reply
@@ -195,8 +196,11 @@ class WechatChannel:
         kind = message.get("MsgType", "").strip().lower()
         try:
             return await self._pages_for(kind, message, key)
-        except Exception:
-            log.exception("wechat: answering a %s message failed", kind)
+        except Exception as error:
+            if db.is_unreachable(error):
+                log.warning("wechat: database unavailable (%s)", type(error).__name__)
+            else:
+                log.exception("wechat: answering a %s message failed", kind)
             return [trouble(self.services.config.chat.hotline)]
 
     async def _pages_for(self, kind: str, message: Mapping[str, str],

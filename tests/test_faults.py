@@ -380,8 +380,10 @@ def cluster(fault_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         proxy.close()
 
 
-def http_post(http: aiohttp.ClientSession, base_url: str, answered: list[int]) -> Post:
-    """Post to /api/chat, counting the answers (a new connection each time)."""
+def http_post(http: aiohttp.ClientSession, base_url: str, answered: list[int],
+              refused: list[int] | None = None) -> Post:
+    """Post to /api/chat, counting the answers and keeping the other statuses in
+    `refused` (a new connection each time)."""
 
     async def post(user: str, body: dict[str, Any]) -> tuple[int, Any]:
         async with http.post(base_url + "/api/chat", json={"user": user, **body}) as response:
@@ -389,6 +391,8 @@ def http_post(http: aiohttp.ClientSession, base_url: str, answered: list[int]) -
             answer = await response.json() if status == 200 else None
         if status == 200:
             answered.append(1)
+        elif refused is not None:
+            refused.append(status)
         return status, answer
 
     return post
@@ -456,8 +460,9 @@ async def test_the_database_going_away_is_survived(cluster):
     await cluster.ready()
     people = consumers("outage", 8)
     answered: list[int] = []
+    refused: list[int] = []
     async with client() as http:
-        post = http_post(http, cluster.base_url, answered)
+        post = http_post(http, cluster.base_url, answered, refused)
         filing = asyncio.gather(*(person.file(post) for person in people))
         await until(lambda: len(answered) >= 25, 20)
         cluster.proxy.cut()
@@ -472,6 +477,7 @@ async def test_the_database_going_away_is_survived(cluster):
         numbers = await asyncio.wait_for(filing, 40)
     assert statuses == {503}
     assert sum(person.failures for person in people) > 0  # the outage was felt ...
+    assert set(refused) == {503}  # ... as "try again shortly", never as a crash ...
     assert_each_once(await stored(cluster.db_url),  # ... and lost nothing
                      {p.user: n for p, n in zip(people, numbers, strict=True)})
 

@@ -95,3 +95,27 @@ async def test_healthz_is_503_when_the_database_is_gone(aiohttp_client, config, 
         services.engine = working
         await unreachable.dispose()
     assert (await client.get("/healthz")).status == 200
+
+
+async def test_chat_is_503_with_retry_after_while_the_database_is_gone(
+        aiohttp_client, config, knowledge_index, caplog):
+    """An outage is not a bug: a 503 the client can retry, and one log line, no traceback."""
+    from bot import db
+    from bot.services import SERVICES
+    from bot.transactions import Transactions
+
+    app = create_app(config, knowledge_index)
+    client = await aiohttp_client(app)
+    engine = app[SERVICES].chat
+    working, unreachable = engine._transactions, db.create_engine("postgresql://nobody@127.0.0.1:1/x")
+    engine._transactions = Transactions(unreachable)
+    try:
+        response = await client.post("/api/chat", json={"user": "u1", "text": "你好"})
+        assert response.status == 503
+        assert response.headers["Retry-After"] == "5"
+        assert "try again" in (await response.json())["error"]
+    finally:
+        engine._transactions = working
+        await unreachable.dispose()
+    assert not [record for record in caplog.records if record.exc_info]
+    assert (await client.post("/api/chat", json={"user": "u1", "text": "你好"})).status == 200

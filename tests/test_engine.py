@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from sqlalchemy import select
 from sqlalchemy import text as sql
 
@@ -212,3 +214,26 @@ async def test_a_turn_that_lost_the_users_state_to_another_worker_runs_again_on_
     finally:
         await other.close()
         await mine.close()
+
+
+async def test_two_workers_answering_one_user_at_once_lose_no_turn(knowledge_index):
+    """PostgreSQL, two services on one database (two workers): a burst of one user's
+    messages, spread over both and all in flight together, is answered in full and every
+    turn is counted once; the optimistic turns that lose a race run again locked."""
+    url = postgres_url()
+    await reset_postgres(url)
+    config = build_config({"database": {"url": url}}, environ={})
+    workers = [await open_services(config, knowledge_index) for _ in range(2)]
+    try:
+        texts = ["你好", "菜单", "信用卡逾期了怎么办", "谢谢"] * 6
+        answers = await asyncio.gather(*(
+            workers[number % 2].chat.handle(Incoming(channel="web", user_id="burst", text=text))
+            for number, text in enumerate(texts)))
+        assert all(replies for replies in answers)
+        async with workers[0].sessions() as session:
+            row = await session.get(Conversation, ("web", "burst"))
+        assert row is not None and row.state["turns"] == len(texts)
+        assert row.version == len(texts)
+    finally:
+        for worker in workers:
+            await worker.close()

@@ -1,0 +1,38 @@
+"""The load benchmark's verdicts: each target, and the ceiling the machine puts on scaling."""
+
+from __future__ import annotations
+
+from benchmarks.load import scaling_ceiling, verdicts
+
+
+def phase(per_second: float, busy: float | None = None) -> dict:
+    figures = {"per_second": per_second, "p99_ms": 40.0}
+    result = {"all": figures, "chat": figures}
+    if busy is not None:
+        result["cpu"] = {"machine_cores": 2, "machine_busy_cores": busy}
+    return result
+
+
+def test_the_scaling_ceiling_is_the_cores_over_what_one_worker_kept_busy():
+    assert scaling_ceiling(phase(600.0, busy=1.25)) == 1.6
+    assert scaling_ceiling(phase(600.0, busy=1.32)) == 1.52
+    assert scaling_ceiling(phase(600.0)) is None
+
+
+def test_the_two_worker_verdict_names_its_ceiling_and_the_yardstick():
+    rows = verdicts({"postgres_1_mixed": phase(600.0, busy=1.32),
+                     "postgres_2_mixed": phase(816.0, busy=2.0)}, {"mean": 1.9})
+    (_, measured, met), = [row for row in rows if "one worker on PostgreSQL" in row[0]]
+    assert measured.startswith("1.36x (at most 1.52x here")
+    assert "1.32 of 2 cores busy" in measured and "1.90x one" in measured
+    assert not met
+
+
+def test_targets_met_and_missed_are_told_apart():
+    rows = dict((target, met) for target, _, met in verdicts(
+        {"sqlite_1_mixed": phase(850.0), "sqlite_1_wechat": phase(900.0),
+         "werobot_echo": phase(880.0)}))
+    assert rows["1 worker: >= 800 chat messages/s"]
+    assert rows["WeChat path >= WeRoBot echo throughput"]
+    assert not dict((t, m) for t, _, m in verdicts(
+        {"sqlite_1_mixed": phase(799.0)}))["1 worker: >= 800 chat messages/s"]

@@ -13,7 +13,10 @@ prebuilt statements differently per database:
   stores and reads them;
 - on PostgreSQL, as SQLAlchemy Core statements on the connection: the network round trip
   dominates there, and SQLAlchemy's disconnect handling (the whole pool is replaced after
-  a database restart, `bot.engine` retries the turn) is worth its cost.
+  a database restart, `bot.engine` retries the turn) is worth its cost.  So round trips
+  are what is saved: the transaction is begun by the driver at its first statement, and
+  a turn's unlocked first read and its only write are each sent on their own
+  (`read_first`, `run_last`), without BEGIN and COMMIT around them.
 
 The ORM is still there for the rare work that needs it (filing a complaint, staff
 replies): `Transaction.session()` opens a session on the same connection and transaction

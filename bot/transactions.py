@@ -162,8 +162,9 @@ class Transaction:
 
         When it is also the only one (no statement before it, no session, no write
         waiting for the commit), PostgreSQL gets it on its own and commits it at once:
-        one round trip instead of BEGIN, the statement and COMMIT.  Nothing may run in
-        the transaction after it.
+        one round trip instead of BEGIN, the statement and COMMIT.  Otherwise the writes
+        waiting for the commit (`before_commit`) go in just before it.  Nothing may run
+        in the transaction after it.
         """
         self._check_open()
         if self._untouched():

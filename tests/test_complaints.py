@@ -12,6 +12,7 @@ from sqlalchemy import select, update
 
 from bot.app import create_app
 from bot.complaint_records import parse_tracking_no
+from bot.config import build_config
 from bot.models import Complaint, ComplaintDraft, ComplaintEvent, Notification, utcnow
 from bot.services import open_services
 
@@ -357,10 +358,19 @@ async def test_the_whole_dialogue_works_in_the_terminal(services):
     assert "投诉已提交" in transcript and parse_tracking_no(transcript)
 
 
-async def test_a_staff_reply_is_shown_at_the_consumers_next_message(client):
+@pytest.fixture
+async def client_on_each_database(aiohttp_client, database_url, knowledge_index):
+    config = build_config({"database": {"url": database_url}}, environ={})
+    return await aiohttp_client(create_app(config, knowledge_index))
+
+
+async def test_a_staff_reply_is_shown_at_the_consumers_next_message(client_on_each_database):
+    """The turn that shows it also marks it delivered, in the same transaction as the
+    user's state (on PostgreSQL an ORM session joins the turn's transaction)."""
     from bot.models import ConsumerMessage
     from bot.services import SERVICES
 
+    client = client_on_each_database
     chat = Chat(client)
     await chat.file_until_summary()
     tracking_no = parse_tracking_no(await chat.press("确认提交"))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,11 @@ def is_unreachable(error: BaseException) -> bool:
     An outage is expected to pass: callers answer 503 and log one line, instead of a 500
     and a traceback for every message that arrives meanwhile.
     """
+    cause = error.orig if isinstance(error, DBAPIError) else error
+    if isinstance(cause, sqlite3.Error):
+        # A lock held past the busy timeout; any other SQLite error (a missing table, a
+        # full disk) is no passing outage and keeps its traceback.
+        return isinstance(cause, sqlite3.OperationalError) and sqlite_inline.is_busy(cause)
     if isinstance(error, DBAPIError):
         return bool(error.connection_invalidated) or isinstance(
             error, OperationalError | InterfaceError)

@@ -184,7 +184,7 @@ class Engine:
                               delivery: Delivery | None) -> list[Reply] | None:
         """`handle`, for a channel that redelivers: None for a repeat of a delivery.
 
-        The delivery is claimed first and its reply kept last, in the turn's own
+        The delivery is claimed first and its reply kept at the end, in the turn's own
         transaction, so all of it commits together or not at all: a worker that dies
         mid-turn leaves the message unclaimed and the channel's retry is answered, and
         a repeat of a message already answered is turned away without running the turn.

@@ -150,13 +150,13 @@ async def execute_waiting(target: sqlite3.Cursor | sqlite3.Connection, sql: str,
             target.execute(sql, parameters)
             return
         except sqlite3.OperationalError as error:
-            if not _is_busy(error) or time.monotonic() + pause > deadline:
+            if not is_busy(error) or time.monotonic() + pause > deadline:
                 raise
         await asyncio.sleep(pause)
         pause = min(pause * 2, BACKOFF_MAX_S)
 
 
-def _is_busy(error: sqlite3.OperationalError) -> bool:
+def is_busy(error: sqlite3.OperationalError) -> bool:
     """A lock held by another connection (worth waiting for), not a real failure."""
     return getattr(error, "sqlite_errorcode", None) in (
         sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "database is locked" in str(error)

@@ -142,3 +142,13 @@ async def test_migrations_match_the_models(database_url):
             lambda sync: compare_metadata(MigrationContext.configure(sync), Base.metadata))
     await engine.dispose()
     assert differences == []
+
+
+def test_only_a_database_out_of_reach_counts_as_unreachable():
+    """Outages answer 503 and log one line; a bug keeps its 500 and its traceback."""
+    assert db.is_unreachable(ConnectionRefusedError(111, "Connect call failed"))
+    assert db.is_unreachable(sqlite3.OperationalError("database is locked"))
+    assert not db.is_unreachable(sqlite3.OperationalError("no such table: conversations"))
+    wrapped = OperationalError("SELECT 1", {}, sqlite3.OperationalError("no such table: x"))
+    assert not db.is_unreachable(wrapped)
+    assert not db.is_unreachable(ValueError("a bug"))

@@ -43,16 +43,14 @@ def known_terms(
     """The tokens the vocabulary knows, as (columns, counts, known tokens) in first-seen order.
 
     Plain lists, so a caller scoring several spaces can build one array for all of them.
+    Every token is looked up and counted in C (`map` and `Counter`), with unknown tokens
+    counted under None and dropped: a pasted message has hundreds of character n-grams,
+    and a Python loop over them was a tenth of a scam check's time.  A vocabulary maps each
+    token to its own column, so counting columns is counting tokens.
     """
-    get = vocabulary.get
-    columns: list[int] = []
-    counts: list[int] = []
-    for token, count in Counter(tokens).items():
-        column = get(token)
-        if column is not None:
-            columns.append(column)
-            counts.append(count)
-    return columns, counts, sum(counts)
+    counted = Counter(map(vocabulary.get, tokens))
+    unknown = counted.pop(None, 0)
+    return list(counted), list(counted.values()), len(tokens) - unknown  # type: ignore[arg-type]
 
 
 def sublinear_tf(counts: list[int]) -> np.ndarray:

@@ -594,6 +594,14 @@ SPIN = ("import time\nend = time.perf_counter() + {seconds}\nn = 0\n"
         "while time.perf_counter() < end:\n    n += 1\nprint(n)")
 
 
+def _counted(processes: int, seconds: float) -> int:
+    """Iterations that `processes` counting loops get through together in `seconds`."""
+    spinning = [subprocess.Popen([sys.executable, "-c", SPIN.format(seconds=seconds)],
+                                 stdout=subprocess.PIPE, text=True)
+                for _ in range(processes)]
+    return sum(int(process.communicate()[0]) for process in spinning)
+
+
 def parallel_speedup(seconds: float = SPIN_SECONDS) -> float:
     """How much more work two CPU-bound processes get done than one, on this machine now.
 
@@ -601,17 +609,21 @@ def parallel_speedup(seconds: float = SPIN_SECONDS) -> float:
     workers cannot be expected to double one; this is the same question asked of a
     plain counting loop, in the same run, as the yardstick for the two-worker ratio.
     """
-    def count(processes: int) -> int:
-        spinning = [subprocess.Popen([sys.executable, "-c", SPIN.format(seconds=seconds)],
-                                     stdout=subprocess.PIPE, text=True)
-                    for _ in range(processes)]
-        return sum(int(process.communicate()[0]) for process in spinning)
-
-    return round(count(2) / max(count(1), 1), 2)
+    return round(_counted(2, seconds) / max(_counted(1, seconds), 1), 2)
 
 
-def machine() -> dict[str, Any]:
-    """What the figures were measured on."""
+def single_core_speed(seconds: float = SPIN_SECONDS) -> float:
+    """Millions of counting-loop iterations a second that one process gets, now.
+
+    The same code ran at about half the speed on one session's VM as on another's, so
+    a run's throughput says little alone; this yardstick, taken at the start of the run
+    (before any phase loads the machine), lets runs on different hosts be compared.
+    """
+    return round(_counted(1, seconds) / seconds / 1e6, 2)
+
+
+def machine(speed: float | None = None) -> dict[str, Any]:
+    """What the figures were measured on; `speed` is `single_core_speed` of the run."""
     model = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -623,7 +635,8 @@ def machine() -> dict[str, Any]:
         memory_kb = 0
     return {"cpus": os.cpu_count(), "cpu_model": model,
             "memory_gb": round(memory_kb / 1024 / 1024, 1), "kernel": platform.release(),
-            "python": platform.python_version(), "load_average": os.getloadavg()}
+            "python": platform.python_version(), "load_average": os.getloadavg(),
+            "single_core_mloops_per_second": speed}
 
 
 def scaling_ceiling(one_worker: dict[str, Any]) -> float | None:
@@ -686,7 +699,11 @@ def verdicts(phases: dict[str, Any],
 
 def report(result: dict[str, Any]) -> str:
     """The table printed at the end."""
-    lines = ["", "| phase | kind | msg/s | median ms | p99 ms | errors |",
+    host = result.get("machine", {})
+    lines = ["", f"machine: {host.get('cpus')} cores, {host.get('cpu_model') or 'unknown CPU'}; "
+             f"one counting loop alone: {host.get('single_core_mloops_per_second')} M "
+             "iterations/s (compare runs on different hosts by it)",
+             "", "| phase | kind | msg/s | median ms | p99 ms | errors |",
              "|---|---|---:|---:|---:|---:|"]
     for phase in result["phases"].values():
         for kind, figures in [*phase["kinds"].items(), ("all", phase["all"])]:
@@ -767,9 +784,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.rounds < 1 or args.wechat_rounds < 1:
         parser.error("--rounds and --wechat-rounds must be at least 1")
     began = time.time()
+    log("one counting loop alone (this host's single-core speed, to compare runs by)")
+    speed = single_core_speed()
     result = run(args)
     result["verdicts"] = verdicts(result["phases"], result.get("two_process_speedup"))
-    result["machine"] = machine()
+    result["machine"] = machine(speed)
     result["started_utc"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(began))
     result["seconds"] = round(time.time() - began, 1)
     result["settings"] = {key: str(value) for key, value in vars(args).items()}

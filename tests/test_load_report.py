@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.load import scaling_ceiling, verdicts
+from benchmarks.load import report, scaling_ceiling, single_core_speed, verdicts
 
 
 def phase(per_second: float, busy: float | None = None) -> dict:
@@ -36,3 +36,15 @@ def test_targets_met_and_missed_are_told_apart():
     assert rows["WeChat path >= WeRoBot echo throughput"]
     assert not dict((t, m) for t, _, m in verdicts(
         {"sqlite_1_mixed": phase(799.0)}))["1 worker: >= 800 chat messages/s"]
+
+
+def test_the_report_names_the_host_and_its_single_core_speed():
+    text = report({"phases": {}, "notes": [], "verdicts": [],
+                   "machine": {"cpus": 2, "cpu_model": "AMD EPYC",
+                               "single_core_mloops_per_second": 12.5}})
+    assert "2 cores, AMD EPYC; one counting loop alone: 12.5 M iterations/s" in text
+
+
+def test_the_single_core_speed_is_counted_in_a_process_of_its_own():
+    speed = single_core_speed(seconds=0.2)
+    assert 0.1 < speed < 1000  # millions of loop iterations a second, on any machine

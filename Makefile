@@ -39,7 +39,10 @@ audit: $(VENV)/.installed-dev
 test: $(VENV)/.installed-dev lint check audit
 	$(BIN)/python -m pytest
 
+# The instructions benchmark counts with valgrind's callgrind (Debian's valgrind package).
 bench: $(VENV)/.installed-dev
+	@command -v valgrind >/dev/null || { echo "make bench: installing Debian's valgrind"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
 	$(BIN)/python -m benchmarks
 
 clean:

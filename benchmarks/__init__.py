@@ -7,4 +7,5 @@ the name given on the command line to it.  See benchmarks/README.md.
 BENCHMARKS: dict[str, str] = {
     "knowledge": "benchmarks.knowledge",
     "load": "benchmarks.load",
+    "instructions": "benchmarks.instructions",
 }

@@ -12,7 +12,9 @@ Two mixes:
   Each visitor has its own user id and its own X-Forwarded-For address (the service runs
   with `limits.trust_forwarded_for`, as behind the documented proxy), so the default rate
   limits apply as they would to real visitors;
-- `wechat`: WeChat followers only, two questions each (the peer comparison with WeRoBot).
+- `wechat`: WeChat followers only, two questions each (the peer comparison with WeRoBot);
+- `question`, `scam`, `complaint`: web visitors of that one kind only (the instruction
+  counts of `benchmarks instructions`).
 
 Only requests that finish inside the measuring window count; everything before it is
 warm-up.  A request is an error when it fails or gets no whole answer within 30 s, answers
@@ -558,6 +560,8 @@ class Generator:
         self.msg_ids = itertools.count(6_000_000_000_000_000_000 + plan.seed * 10**12)
         names, weights = zip(*MIX, strict=True)
         self.scripts: tuple[str, ...] = names
+        if plan.mix not in ("mixed", *names):
+            raise ValueError(f"unknown mix {plan.mix!r}: mixed or one of {', '.join(names)}")
         self.cum_weights = list(itertools.accumulate(weights))
         self.check = member("action", "check")
         self.tallies: dict[str, Tally] = {}
@@ -632,8 +636,8 @@ class Generator:
     async def visit(self) -> None:
         """One visitor of the mix, start to end."""
         visitor = Visitor(next(self.visitors), self.plan.seed)
-        if self.plan.mix == "wechat":
-            script = "wechat"
+        if self.plan.mix != "mixed":
+            script = self.plan.mix
         else:  # random.choices(names, weights)[0], without its per-call set-up
             script = self.scripts[bisect.bisect(self.cum_weights,
                                                 self.random.random() * self.cum_weights[-1],

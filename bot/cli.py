@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -95,6 +96,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if link:
             print("xiaobao: no administrator can sign in yet. Open this one-time link to set "
                   f"the password of the account \"admin\":\n{link}", flush=True)
+        freeze_long_lived()
 
     async def on_cleanup(app: web.Application) -> None:
         if worker is None:
@@ -131,6 +133,25 @@ def _log_reload(task: asyncio.Task[Any]) -> None:
     if error is not None:
         logging.getLogger("xiaobao").error("knowledge reload failed, keeping the old index: %s",
                                            error)
+    else:
+        freeze_long_lived()  # the new index lives as long as the old one did
+
+
+def freeze_long_lived() -> None:
+    """Keep what start-up built out of the cyclic garbage collector's full passes.
+
+    The knowledge index, the classifiers, the ORM's metadata and the imported modules are
+    about 115,000 tracked objects that live as long as the process, and a full (oldest
+    generation) collection walks them all with the event loop stopped: 123 ms on the
+    development VM, 0.3 ms once they are frozen.  Start-up itself runs three such passes;
+    a 30 s load run triggered none, but over days of uptime the objects that survive the
+    younger generations pile up and set one off now and then, a stall of every request in
+    flight.  Frozen objects are still freed by reference counting; the knowledge index
+    that a reload replaces is freed that way (no cycle holds it), so freezing again after
+    a reload keeps nothing alive.  Garbage is collected first, so none of it is kept.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def cmd_chat(args: argparse.Namespace) -> int:

@@ -88,3 +88,26 @@ def test_config_file_option_and_unknown_key(tmp_path):
     assert done.returncode == 2
     assert "http.prot" in done.stderr.decode()
 
+
+
+def test_what_start_up_built_is_kept_out_of_full_collections():
+    import gc
+    import weakref
+
+    from bot.cli import freeze_long_lived
+
+    class Node:
+        pass
+
+    long_lived = [[n] for n in range(20_000)]  # as the index's containers, alive for good
+    garbage = Node()
+    garbage.self = garbage  # type: ignore[attr-defined]  # a cycle left over from start-up
+    gone = weakref.ref(garbage)
+    del garbage
+    try:
+        freeze_long_lived()
+        assert gc.get_freeze_count() >= len(long_lived)
+        assert not any(obj is long_lived for obj in gc.get_objects(generation=2))
+        assert gone() is None  # collected first, not frozen
+    finally:
+        gc.unfreeze()

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import subprocess
@@ -237,12 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     began = time.time()
     result = run(args)
     result["machine"] = load.machine()
-    result["started_utc"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(began))
-    result["seconds"] = round(time.time() - began, 1)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
-    print(report(result))
-    print(f"\nwritten: {args.output} ({result['seconds']} s)")
+    load.publish(result, began, args.output, report)
     return 0
 
 

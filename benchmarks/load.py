@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -789,14 +789,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = run(args)
     result["verdicts"] = verdicts(result["phases"], result.get("two_process_speedup"))
     result["machine"] = machine(speed)
+    result["settings"] = {key: str(value) for key, value in vars(args).items()}
+    publish(result, began, args.output, report)
+    return 0
+
+
+def publish(result: dict[str, Any], began: float, output: Path,
+            text: Callable[[dict[str, Any]], str]) -> None:
+    """Stamp a benchmark's result with when it ran, write its JSON, print its report."""
     result["started_utc"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(began))
     result["seconds"] = round(time.time() - began, 1)
-    result["settings"] = {key: str(value) for key, value in vars(args).items()}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
-    print(report(result))
-    print(f"\nwritten: {args.output} ({result['seconds']} s)")
-    return 0
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
+    print(text(result))
+    print(f"\nwritten: {output} ({result['seconds']} s)")
 
 
 if __name__ == "__main__":

@@ -17,11 +17,12 @@ instrumentation off until the measured part begins (start-up and imports are not
 1. **Engine turns** (`benchmarks.instructions_worker`): a question, a scam check (the
    "check" button, then a pasted scam text) and a whole complaint dialogue, each kind
    `--messages` times through `Engine.handle` on a scratch SQLite file; no HTTP.
-2. **The WeChat question path over HTTP**: `xiaobao serve` on SQLite and the WeRoBot echo
-   robot of `benchmarks load` (its default session store), each sent the same signed
-   plain-mode text messages one at a time by the load generator's code.  The ratio of
-   their instructions per message is printed; the background loops of xiaobao (outbox
-   dispatcher, deadline scheduler) are set to wake hourly, so only messages are counted.
+2. **The whole worker, over HTTP**: `xiaobao serve` on SQLite, sent questions on
+   `/api/chat` and then signed plain-mode WeChat questions, one at a time, by the load
+   generator's code; and the WeRoBot echo robot of `benchmarks load` (its default session
+   store), sent the same WeChat questions.  The ratio of the two WeChat figures is
+   printed; the background loops of xiaobao (outbox dispatcher, deadline scheduler) are
+   set to wake hourly, so only messages are counted.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def engine_turns(scratch: Path, messages: int, environ: dict[str, str]) -> dict[
     return read_dumps(sorted(cwd.glob("callgrind.out.*")))
 
 
-# -- part 2: the WeChat path over HTTP ------------------------------------------------------
+# -- part 2: the whole worker, over HTTP ----------------------------------------------------
 class _Counted(Generator):
     """The load generator's visitors, a fixed number of them, one at a time."""
 

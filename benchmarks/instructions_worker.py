@@ -6,11 +6,11 @@
 
 `prepare` builds the service once without valgrind, so the fitted indexes are in the cache
 (fitting them under valgrind would take many minutes).  `turns` opens the service on a
-scratch SQLite file, switches callgrind's instrumentation on (`callgrind_control`, the
-process's own pid), warms every kind of turn up, then for each kind zeroes the counters,
-runs its messages through `Engine.handle` and dumps the counters with the label
-`kind:messages`; the parent reads the dumps.  Start-up, imports and loading the indexes
-run uninstrumented and are never counted.
+SQLite file in its working directory (the parent's scratch), switches callgrind's
+instrumentation on (`callgrind_control`, the process's own pid), warms every kind of turn
+up, then for each kind zeroes the counters, runs its messages through `Engine.handle` and
+dumps the counters with the label `kind:messages`; the parent reads the dumps.  Start-up,
+imports and loading the indexes run uninstrumented and are never counted.
 """
 
 from __future__ import annotations
@@ -20,11 +20,15 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from benchmarks.load_client import COMPLAINT_STEPS, STORY
+from benchmarks.load_client import COMPLAINT_STEPS, STORY, complaint_step
+from bot.config import load_config
+from bot.fitted import knowledge_source
+from bot.messages import Incoming, Reply
+from bot.services import Services, open_services
+from knowledge.index import KnowledgeIndex
 
 ROOT = Path(__file__).resolve().parent.parent
 WARMUP_MESSAGES = 12
@@ -42,23 +46,16 @@ def _texts(name: str, label: str | None = None) -> list[str]:
     return [line["text"] for line in lines if label is None or line.get("label") == label]
 
 
-async def _open_service() -> object:
-    from bot.config import load_config
-    from bot.fitted import knowledge_source
-    from bot.services import open_services
-    from knowledge.index import KnowledgeIndex
-
-    scratch = Path(tempfile.mkdtemp(prefix="xiaobao-instructions-"))
-    environ = {**os.environ, "XIAOBAO_DATABASE_URL": f"sqlite:///{scratch / 'bench.db'}"}
+async def _open_service() -> Services:
+    """The service on a SQLite file in the working directory (the parent's scratch)."""
+    environ = {**os.environ, "XIAOBAO_DATABASE_URL": f"sqlite:///{Path.cwd() / 'bench.db'}"}
     config = load_config(environ=environ)
     return await open_services(config, KnowledgeIndex.build(knowledge_source(config)))
 
 
 async def _turns(messages: int) -> None:
-    from bot.messages import Incoming
-
     services = await _open_service()
-    handle = services.chat.handle  # type: ignore[attr-defined]
+    handle = services.chat.handle
     questions, scams = _texts("kb_eval.jsonl"), _texts("scam_eval.jsonl", "scam")
     visitors = iter(range(10**9))
 
@@ -79,7 +76,8 @@ async def _turns(messages: int) -> None:
     async def complaint(count: int) -> int:  # whole dialogues, as the load generator's
         sent = 0
         while sent < count:
-            sent += await _complaint(handle, f"c{next(visitors)}")
+            number = next(visitors)
+            sent += await _complaint(handle, f"c{number}", number)
         return sent
 
     kinds: dict[str, Callable[[int], Awaitable[int]]] = {
@@ -91,24 +89,22 @@ async def _turns(messages: int) -> None:
         _control("--zero")
         sent = await run(messages)
         _control(f"--dump={name}:{sent}")
-    await services.close()  # type: ignore[attr-defined]
+    await services.close()
 
 
-async def _complaint(handle: Callable[..., Awaitable[list]], user: str) -> int:
-    """One whole complaint, story to confirmation; the messages it took."""
-    from bot.messages import Incoming
-
+async def _complaint(handle: Callable[[Incoming], Awaitable[list[Reply]]],
+                     user: str, number: int) -> int:
+    """One whole complaint, story to confirmation, as the load generator files it; the
+    messages it took."""
     replies = await handle(Incoming("web", user, text="我要投诉"))
     replies = await handle(Incoming("web", user, text=STORY))
     sent = 2
     for step in COMPLAINT_STEPS:
-        if step.startswith("text:"):
-            text = step[5:].replace("PHONE", "13800000000")
-            replies = await handle(Incoming("web", user, text=text))
-        else:
-            action = next(button.action for reply in replies for button in reply.buttons
-                          if step in button.label)
-            replies = await handle(Incoming("web", user, action=action))
+        answer = complaint_step(step, [reply.to_dict() for reply in replies], number)
+        if answer is None:
+            raise RuntimeError(f"the complaint dialogue offered no button for {step!r}")
+        kind, value = answer
+        replies = await handle(Incoming("web", user, **{kind: value}))
         sent += 1
     if not any("BB-" in reply.text for reply in replies):
         raise RuntimeError("the complaint was not confirmed")
@@ -120,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["prepare"]:
         async def prepare() -> None:
-            await (await _open_service()).close()  # type: ignore[attr-defined]
+            await (await _open_service()).close()
         asyncio.run(prepare())
         return 0
     if args[:1] == ["turns"] and len(args) == 2:

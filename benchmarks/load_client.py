@@ -4,7 +4,7 @@
 
 A fixed number of client coroutines each play one visitor after another, as fast as the
 service answers (a closed loop), spreading requests round-robin over the target addresses.
-Two mixes:
+The mixes:
 
 - `mixed`: web visitors on /api/chat asking two questions, checking a suspicious text
   (the "check" button, then the text) or filing a whole complaint through the dialogue's
@@ -88,6 +88,18 @@ USER_AGENT = b"xiaobao-benchmarks-load"
 # aiohttp's test for a JSON content type (`ClientResponse.json`), applied the same way.
 JSON_CONTENT_TYPE = re.compile(r"^application/(?:[\w.+-]+?\+)?json")
 CHARSET = re.compile(r";\s*charset\s*=\s*\"?([^\s;\"]+)")
+
+
+def complaint_step(step: str, replies: Sequence[dict[str, Any]],
+                   number: int) -> tuple[str, str] | None:
+    """What a complainant sends for one of COMPLAINT_STEPS, given the last replies (as
+    /api/chat gives them): ("text", ...) or ("action", ...) of the button whose label holds
+    the step; None when no such button was offered.  `number` makes the phone unique."""
+    if step.startswith("text:"):
+        return "text", step[5:].replace("PHONE", f"138{number % 10**8:08d}")
+    action = next((button["action"] for reply in replies
+                   for button in reply.get("buttons", []) if step in button["label"]), None)
+    return None if action is None else ("action", action)
 
 
 @dataclass(frozen=True)
@@ -665,17 +677,11 @@ class Generator:
         for step in COMPLAINT_STEPS:
             if not replies:
                 return
-            if step.startswith("text:"):
-                text = step[5:].replace("PHONE", f"138{visitor.number % 10**8:08d}")
-                replies = await self.chat("chat-complaint", visitor, member("text", text))
-                continue
-            action = next((button["action"] for reply in replies
-                           for button in reply.get("buttons", []) if step in button["label"]),
-                          None)
-            if action is None:
+            sent = complaint_step(step, replies, visitor.number)
+            if sent is None:
                 self._count("chat-complaint", 0.0, time.perf_counter(), "missing-button")
                 return
-            replies = await self.chat("chat-complaint", visitor, member("action", action))
+            replies = await self.chat("chat-complaint", visitor, member(*sent))
         if replies and not any("BB-" in reply.get("text", "") for reply in replies):
             self._count("chat-complaint", 0.0, time.perf_counter(), "not-confirmed")
 

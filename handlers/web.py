@@ -131,7 +131,7 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
                         type(error).__name__)
             response = _error("service temporarily unavailable, please try again shortly",
                               status=503)
-            response.headers["Retry-After"] = str(UNAVAILABLE_RETRY_AFTER_S)
+            response.headers["Retry-After"] = retry_after(UNAVAILABLE_RETRY_AFTER_S)
             return response
         log.exception("unhandled error on %s %s", request.method, request.path)
         return _error("internal error, please try again later", status=500)

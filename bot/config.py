@@ -43,7 +43,7 @@ class DatabaseConfig:
 
     url: str = "sqlite:///var/xiaobao.db"
     auto_migrate: bool = True
-    pool_size: int = 5
+    pool_size: int = 10
     echo: bool = False
 
     SECRETS: ClassVar[tuple[str, ...]] = ()

@@ -100,7 +100,7 @@ def _begin_sqlite(connection: Any) -> None:
         cursor.close()
 
 
-def create_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncEngine:
+def create_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> AsyncEngine:
     """Create the service's async engine for an operator-supplied URL.
 
     Statement parameters (names, phone numbers) are hidden from logs and error messages.
@@ -121,8 +121,14 @@ def create_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncE
     # every checkout, as many as the message's own work.  A connection that died with the
     # database fails once instead; SQLAlchemy then invalidates the whole pool and the
     # engine runs the turn again (bot.engine).
+    # No overflow: SQLAlchemy closes an overflow connection as soon as it is returned, so
+    # a worker whose turns outnumbered its pool (two workers sharing 2 cores with the
+    # database) opened and closed sessions many times a second, each a forked backend
+    # with cold caches: about 290 sessions in a 16 s run instead of 13, and 15-25% fewer
+    # messages a second.  A turn now waits for one of the pool's own connections, which
+    # are opened as needed and kept.
     return create_async_engine(
-        target, echo=echo, pool_size=pool_size, max_overflow=pool_size, hide_parameters=True,
+        target, echo=echo, pool_size=pool_size, max_overflow=0, hide_parameters=True,
     )
 
 

@@ -13,6 +13,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.exc import OperationalError
 
 from bot import db
+from tests.conftest import postgres_url
 
 EXPECTED_TABLES = {
     "conversations", "unanswered_questions", "alembic_version", "processed_deliveries",
@@ -115,6 +116,27 @@ async def test_a_lock_held_past_the_busy_timeout_fails_the_write(tmp_path, monke
             await connection.execute(text("DELETE FROM unanswered_questions"))
     holder.join()
     await engine.dispose()
+
+
+async def test_a_burst_larger_than_the_pool_reuses_the_pools_own_connections():
+    """Under load a worker's turns can outnumber its pool.  They wait for a pooled
+    connection rather than each opening a PostgreSQL session (a forked backend) that is
+    closed again the moment it is returned."""
+    engine = db.create_engine(postgres_url(), pool_size=3)
+
+    async def backend_of_one_turn() -> int:
+        async with engine.connect() as connection:
+            backend = await connection.scalar(text("SELECT pg_backend_pid()"))
+            await asyncio.sleep(0.02)
+            return int(backend)
+
+    try:
+        backends: set[int] = set()
+        for _burst in range(3):
+            backends |= set(await asyncio.gather(*(backend_of_one_turn() for _ in range(8))))
+    finally:
+        await engine.dispose()
+    assert len(backends) <= 3
 
 
 def test_plain_urls_get_async_drivers():

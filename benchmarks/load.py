@@ -105,8 +105,10 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def proc_figures(pid: int) -> dict[str, float]:
-    """Peak resident memory (VmHWM, MB) and CPU seconds used so far by one process."""
+def proc_figures(pid: int, *, reaped: bool = False) -> dict[str, float]:
+    """Peak resident memory (VmHWM, MB) and CPU seconds used so far by one process; with
+    `reaped`, also by its children that have exited and been waited for (a PostgreSQL
+    backend's CPU lands in the postmaster's when the backend exits)."""
     figures = {"peak_rss_mb": 0.0, "cpu_seconds": 0.0}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -114,7 +116,8 @@ def proc_figures(pid: int) -> dict[str, float]:
                 figures["peak_rss_mb"] = round(int(line.split()[1]) / 1024, 1)
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         ticks = os.sysconf("SC_CLK_TCK")
-        figures["cpu_seconds"] = round((int(fields[11]) + int(fields[12])) / ticks, 2)
+        used = fields[11:15] if reaped else fields[11:13]  # utime stime [cutime cstime]
+        figures["cpu_seconds"] = round(sum(map(int, used)) / ticks, 2)
     except (FileNotFoundError, IndexError, ValueError):
         pass
     return figures
@@ -132,7 +135,8 @@ def machine_busy_seconds() -> float:
 
 def postgres_cpu_seconds() -> float:
     """CPU seconds used so far by the PostgreSQL server's processes (command name
-    `postgres`); a backend that exits during a phase takes its share with it."""
+    `postgres`), including the backends that have exited: a pool that opens and closes
+    connections under load would otherwise hide the cost of every short-lived backend."""
     total = 0.0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -142,7 +146,7 @@ def postgres_cpu_seconds() -> float:
                 continue
         except OSError:
             continue
-        total += proc_figures(int(entry.name))["cpu_seconds"]
+        total += proc_figures(int(entry.name), reaped=True)["cpu_seconds"]
     return total
 
 

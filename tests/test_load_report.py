@@ -1,8 +1,19 @@
-"""The load benchmark's verdicts: each target, and the ceiling the machine puts on scaling."""
+"""The load benchmark: each target's verdict, the ceiling the machine puts on scaling, and
+whose CPU a phase counts."""
 
 from __future__ import annotations
 
-from benchmarks.load import report, scaling_ceiling, single_core_speed, verdicts
+import os
+import subprocess
+import sys
+
+from benchmarks.load import (
+    proc_figures,
+    report,
+    scaling_ceiling,
+    single_core_speed,
+    verdicts,
+)
 
 
 def phase(per_second: float, busy: float | None = None) -> dict:
@@ -48,3 +59,15 @@ def test_the_report_names_the_host_and_its_single_core_speed():
 def test_the_single_core_speed_is_counted_in_a_process_of_its_own():
     speed = single_core_speed(seconds=0.2)
     assert 0.1 < speed < 1000  # millions of loop iterations a second, on any machine
+
+
+def test_the_cpu_of_exited_children_counts_when_asked_for():
+    """How a PostgreSQL backend that exited mid-phase is still counted: the postmaster
+    collects its CPU.  Here this test process is the parent of a child that burns CPU."""
+    before = proc_figures(os.getpid(), reaped=True)["cpu_seconds"]
+    own_before = proc_figures(os.getpid())["cpu_seconds"]
+    subprocess.run([sys.executable, "-c",
+                    "import time\nend = time.process_time() + 0.3\n"
+                    "while time.process_time() < end: pass"], check=True)
+    assert proc_figures(os.getpid(), reaped=True)["cpu_seconds"] - before >= 0.25
+    assert proc_figures(os.getpid())["cpu_seconds"] - own_before < 0.25

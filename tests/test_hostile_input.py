@@ -66,7 +66,9 @@ bodies = st.one_of(
 async def test_api_chat_never_answers_500(client, body):
     response = await client.post("/api/chat", data=body,
                                  headers={"Content-Type": "application/json"})
-    assert response.status in {200, 400, 413}
+    # 429: enough examples from one address reach the per-address rate limit, whose
+    # refusal is as clear as the others (a JSON error and Retry-After).
+    assert response.status in {200, 400, 413, 429}
     assert "error" in await response.json() or response.status == 200
 
 

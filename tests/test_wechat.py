@@ -18,10 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
+from xml.sax.saxutils import escape as xml_escape
 
 import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from bot import texts
@@ -734,6 +737,78 @@ async def test_a_payload_for_another_account_is_400(compatible):
     envelope = message_xml({"ToUserName": ACCOUNT, "Encrypt": encrypted})
     response = await compatible.client.post("/wechat", params=query, data=envelope)
     assert response.status == 400
+
+
+# -- property-based: whatever arrives signed ----------------------------------------------
+WHATEVER = settings(max_examples=60, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                           HealthCheck.too_slow])
+field_values = st.one_of(
+    st.text(max_size=60),
+    st.text(alphabet=st.characters(min_codepoint=0x4E00, max_codepoint=0x9FFF), max_size=30),
+    st.sampled_from(["更多", "1", "3", "投诉", "查询", "]]>", "", "   ", "🙂🙂", "&amp;<b>"]),
+)
+messages = st.fixed_dictionaries(
+    {"ToUserName": st.just(ACCOUNT),
+     "FromUserName": st.one_of(st.just(USER), st.text(min_size=1, max_size=200)),
+     "MsgType": st.one_of(st.sampled_from(["text", "image", "voice", "video", "location",
+                                           "link", "event", "file"]), st.text(max_size=12))},
+    optional={"Content": field_values, "Recognition": field_values, "EventKey": field_values,
+              "Event": st.one_of(st.sampled_from(["subscribe", "unsubscribe", "CLICK",
+                                                  "VIEW", "SCAN"]), st.text(max_size=12)),
+              "MsgId": st.one_of(st.integers(0, 2**64).map(str), st.text(max_size=80)),
+              "CreateTime": st.one_of(st.integers(-1, 2**40).map(str), st.text(max_size=12)),
+              "MediaId": field_values},
+)
+
+
+def written_out(fields: dict[str, str], escaped: bool) -> bytes:
+    """A message in either way XML allows text: CDATA sections or escaped characters.
+    Whatever XML cannot carry stays in, so some bodies are malformed on purpose."""
+    if not escaped:
+        return message_xml(fields)
+    parts = [f"<{name}>{xml_escape(value)}</{name}>" for name, value in fields.items()]
+    return ("<xml>" + "".join(parts) + "</xml>").encode("utf-8")
+
+
+def sender_of(body: bytes) -> str | None:
+    """The FromUserName a conforming XML parser reads from the body (None: not XML)."""
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError:
+        return None
+    return root.findtext("FromUserName")
+
+
+@WHATEVER
+@given(message=messages, escaped=st.booleans())
+async def test_any_signed_message_gets_a_reply_or_a_clear_refusal(plain_on_each_database,
+                                                                  message, escaped):
+    """Every field missing, empty, oversized, of an unknown kind or not XML at all: the
+    answer is a passive reply to the sender, "success", or a 4xx, on both databases."""
+    server, _ = plain_on_each_database
+    body = written_out(message, escaped)
+    response = await server.client.post("/wechat", params=signed_query(), data=body)
+    text = await response.text()
+    assert response.status in {200, 400, 413}, text
+    if response.status == 200 and text != "success":
+        reply = fields_of(text)
+        assert reply["ToUserName"] == sender_of(body)
+        assert reply["MsgType"] == "text" and reply["Content"].strip()
+
+
+@WHATEVER
+@given(message=messages, noise=st.binary(max_size=40))
+async def test_any_sealed_payload_gets_a_reply_or_a_clear_refusal(compatible, message, noise):
+    """Safe mode: whatever was encrypted (a message, or bytes that are not one), and
+    whatever stands in the Encrypt field, correctly signed, never makes a 500."""
+    for sealed in (seal(message_xml(message)), seal(noise), noise.hex(),
+                   base64.b64encode(noise).decode()):
+        query = signed_query(encrypt_type="aes")
+        query["msg_signature"] = sign(TOKEN, query["timestamp"], query["nonce"], sealed)
+        envelope = message_xml({"ToUserName": ACCOUNT, "Encrypt": sealed})
+        response = await compatible.client.post("/wechat", params=query, data=envelope)
+        assert response.status in {200, 400, 413}, await response.text()
 
 
 # -- configuration -------------------------------------------------------------------------

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import xml.etree.ElementTree as ET
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bot.config import Config
 from bot.messages import Button, Reply
 from handlers.wechat_protocol import (
     MORE_HINT,
     PASSIVE_TEXT_LIMIT_BYTES,
+    XML_INVALID,
     BadXml,
     CryptoError,
     MenuError,
@@ -251,6 +255,50 @@ def test_cut_keeps_a_closing_quote_with_its_sentence():
     text = "他说：“不要转账。”" * 200
     for page in paginate(text, limit=500)[:-1]:
         assert page.removesuffix("\n\n" + MORE_HINT).endswith("。”")
+
+
+WHITESPACE = re.compile(r"\s")
+answers = st.one_of(
+    st.text(max_size=3000),
+    st.lists(st.sampled_from(["请您记牢", "。", "！", "，", "“", "”", "\n", " ", "🙂", "a",
+                              "防范电信诈骗", "]]>"]), max_size=800).map("".join),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=answers, limit=st.integers(min_value=120, max_value=PASSIVE_TEXT_LIMIT_BYTES))
+def test_any_answer_is_paged_within_the_limit_and_nothing_is_lost(text, limit):
+    pages = paginate(text, limit=limit)
+    assert all(len(page.encode("utf-8")) <= limit for page in pages)
+    assert all(page.endswith("\n\n" + MORE_HINT) for page in pages[:-1])
+    kept = "".join(page.removesuffix("\n\n" + MORE_HINT) for page in pages)
+    assert WHITESPACE.sub("", kept) == WHITESPACE.sub("", text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(content=st.text(max_size=300), sender=st.text(min_size=1, max_size=60))
+def test_any_reply_text_survives_the_passive_reply_xml(content, sender):
+    """What XML cannot carry is dropped and line ends are normalised, as any XML parser
+    (WeChat's too) would; everything else arrives as written."""
+    root = ET.fromstring(text_reply(sender, "gh_xiaobao", 1700000000, content))
+
+    def as_parsed(text: str) -> str:
+        return XML_INVALID.sub("", text).replace("\r\n", "\n").replace("\r", "\n")
+
+    assert root.findtext("Content") == as_parsed(content)
+    assert root.findtext("ToUserName") == as_parsed(sender)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.one_of(st.binary(max_size=300), st.text(max_size=300).map(str.encode),
+                      st.text(max_size=100).map(lambda t: f"<xml>{t}</xml>".encode())))
+def test_parse_xml_returns_fields_or_refuses_with_bad_xml(body):
+    try:
+        fields = parse_xml(body)
+    except BadXml as refusal:
+        assert str(refusal)
+    else:
+        assert all(isinstance(k, str) and isinstance(v, str) for k, v in fields.items())
 
 
 # -- custom menu ---------------------------------------------------------------------------

@@ -124,9 +124,10 @@ def create_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Async
     # No overflow: SQLAlchemy closes an overflow connection as soon as it is returned, so
     # a worker whose turns outnumbered its pool (two workers sharing 2 cores with the
     # database) opened and closed sessions many times a second, each a forked backend
-    # with cold caches: about 290 sessions in a 16 s run instead of 13, and 15-25% fewer
+    # with cold caches: 184-366 sessions in a 16 s run instead of 13-23, and 15-25% fewer
     # messages a second.  A turn now waits for one of the pool's own connections, which
-    # are opened as needed and kept.
+    # are opened as needed and kept (a wait past the pool's timeout is a 503, like an
+    # outage: `is_unreachable`).
     return create_async_engine(
         target, echo=echo, pool_size=pool_size, max_overflow=0, hide_parameters=True,
     )

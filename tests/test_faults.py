@@ -495,6 +495,48 @@ async def test_the_database_going_away_is_survived(cluster):
                      {p.user: n for p, n in zip(people, numbers, strict=True)})
 
 
+async def end_every_session(url: str) -> int:
+    """What a restart's fast shutdown does to clients: each of the database's sessions is
+    ended by the server ("terminating connection due to administrator command", SQLSTATE
+    57P01), which reaches the driver as an error, not as a dropped socket."""
+    engine = db.create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            return int(await connection.scalar(text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()")))
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.postgres
+@client_socket_leaks_ignored
+async def test_the_database_ending_every_session_costs_no_message(cluster):
+    await cluster.ready()
+    people = consumers("ended", 8)
+    answered: list[int] = []
+    refused: list[int] = []
+    before = cluster.log.read_text(errors="replace")
+    async with client() as http:
+        post = http_post(http, cluster.base_url, answered, refused)
+        filing = asyncio.gather(*(person.file(post) for person in people))
+        ended = 0
+        for share in (15, 35):  # twice, while the dialogues are under way
+            await until(lambda share=share: len(answered) >= share, 20)
+            ended += await end_every_session(cluster.db_url)
+        numbers = await asyncio.wait_for(filing, 40)
+    assert ended >= 2  # the leader's session at least, each time
+    assert refused == []  # every turn that lost its connection ran again and answered
+    assert_each_once(await stored(cluster.db_url),
+                     {p.user: n for p, n in zip(people, numbers, strict=True)})
+    new_lines = cluster.log.read_text(errors="replace")[len(before):]
+    assert "Traceback" not in new_lines
+    deadline = time.monotonic() + 10  # the leader lost its lock with its session
+    while await cluster.leader() is None:
+        assert time.monotonic() < deadline, "no worker took the leader lock again"
+        await asyncio.sleep(0.2)
+
+
 @pytest.mark.postgres
 @client_socket_leaks_ignored
 async def test_another_worker_takes_the_lead_when_the_leader_dies(cluster):

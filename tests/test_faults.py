@@ -1,5 +1,6 @@
 """Faults under load: concurrent SQLite writers, a worker killed with SIGKILL, the database
-cut off, the leader worker killed — and never a confirmed complaint lost or duplicated.
+cut off, every database session ended by the server, the leader worker killed — and never
+a confirmed complaint lost or duplicated.
 
 The SQLite test runs in-process.  The PostgreSQL tests start `xiaobao serve --workers 2` on
 loopback against a database of their own (created on the server of

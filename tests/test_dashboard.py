@@ -23,6 +23,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select, update
 
 from bot.app import create_app
@@ -42,7 +44,7 @@ from bot.models import (
 )
 from bot.services import SERVICES
 from bot.staff_accounts import AccountError, StaffAccounts, token_hash
-from handlers.dashboard import DASHBOARD, DASHBOARD_APP
+from handlers.dashboard import ACTIONS, DASHBOARD, DASHBOARD_APP
 
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "correct-horse-battery-staple"
@@ -825,6 +827,65 @@ def test_staff_add_prints_a_one_time_link_and_validates_roles(tmp_path):
     again = xiaobao("staff", "invite", "icbc-wang", env=env)
     assert again.returncode == 0 and "/staff/invite/" in again.stdout.decode()
     assert xiaobao("staff", "invite", "nobody", env=env).returncode == 2
+
+
+# -- hostile forms ---------------------------------------------------------------------------
+form_values = st.one_of(
+    st.text(max_size=120),
+    st.text(alphabet=st.characters(min_codepoint=0x4E00, max_codepoint=0x9FFF), max_size=60),
+    st.sampled_from(["", " ", "0", "-1", "1", "99999999999", "2026-13-45", "../../etc/passwd",
+                     "<script>alert(1)</script>", "icbc", "ccb", "institution", "admin",
+                     "wecom", "email", "🙂" * 40, "x" * 5000]),
+)
+FIELDS = ("text", "reason", "outcome", "notice", "target", "status", "business", "set",
+          "next", "username", "role", "queue_id", "display_name", "kind", "active",
+          "password", "days")
+forms = st.dictionaries(st.one_of(st.sampled_from(FIELDS),  # names a client can send
+                                  st.text(st.characters(categories=("L", "N", "P")),
+                                          max_size=12)),
+                        form_values, max_size=6)
+
+
+@pytest.fixture
+async def cast(browser, data) -> dict:
+    """Who posts in the hostile-form test; Hypothesis sets it up once for all examples.
+    The administrator's user-state forms aim at a spare account, so that no example signs
+    the officer or the administrator out for the ones after it."""
+    return {"officer": await signed_in(browser, data, "icbc-wang", "institution", "icbc"),
+            "admin": await signed_in(browser, data, "root", "admin"),
+            "anonymous": browser(),
+            "spare": await data.staff("icbc-spare", "institution", "icbc"),
+            "complaint": await data.complaint("icbc")}
+
+
+posts = st.one_of(
+    st.tuples(st.just("officer"),
+              st.sampled_from([*(f"/staff/complaints/{{tn}}/{action}" for action in ACTIONS),
+                               "/staff/complaints/BB-0000-ZZZZ/reply"])),
+    st.tuples(st.just("admin"),
+              st.sampled_from(["/staff/users", "/staff/users/{spare}/active",
+                               "/staff/users/{spare}/unlock", "/staff/users/{spare}/invite",
+                               "/staff/users/999999/active", "/staff/channels",
+                               "/staff/channels/1/active", "/staff/channels/999999/active"])),
+    st.tuples(st.just("anonymous"),
+              st.sampled_from(["/staff/login", "/staff/invite/not-a-token",
+                               "/staff/complaints/{tn}/reply"])),
+)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(post=posts, form=forms)
+async def test_any_form_gets_a_page_or_a_clear_refusal(cast, post, form):
+    """Whatever a signed-in officer, an administrator or a stranger posts, with a valid
+    CSRF token, to the dashboard's forms: a page, a redirect or a 4xx, never a 500."""
+    who, path = post
+    person = cast[who]
+    path = path.format(tn=cast["complaint"].tracking_no, spare=cast["spare"].id)
+    await person.get("/staff/login" if who == "anonymous" else "/staff/")  # a fresh token
+    response = await person.post(path, form)
+    event(f"{who}: {response.status}")  # --hypothesis-show-statistics shows the spread
+    assert response.status in {200, 303, 400, 401, 403, 404, 409, 413, 429}, response.body[:500]
 
 
 async def test_first_admin_token_only_until_an_admin_can_sign_in(data, server):

@@ -466,7 +466,10 @@ async def webhook(request: web.Request) -> web.Response:
         if not isinstance(body, dict) or not isinstance(body.get("update_id"), int):
             raise ValueError("not an update")
         update = Update.de_json(body, application.bot)
-    except (ValueError, TypeError, KeyError, AttributeError):
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, OSError):
+        # What python-telegram-bot raises on a body that is not a well-formed update; a
+        # date past what the platform's clock holds, for one, is an OSError or an
+        # OverflowError from `datetime`, not a ValueError.
         return web.Response(status=400, text="not a Telegram update")
     await application.update_queue.put(update)
     return web.Response(text="ok")

@@ -28,6 +28,9 @@ from classifiers.institutions import Directory
 
 DUE_SOON_DAYS = 3
 PAGE_SIZE = 50
+# Pages past this are empty for any real queue; the cap keeps a typed page number
+# within what a database integer holds (OFFSET = (page - 1) x PAGE_SIZE).
+MAX_PAGE = 1_000_000
 # Staff read shorter names than the consumer's status view (complaint_records.STATUS_NAMES).
 STATUS_LABELS = {
     "received": "新投诉", "in_progress": "处理中", "awaiting_info": "待补充材料",

@@ -392,7 +392,7 @@ def _queue_filter(query: Mapping[str, str], codes: ComplaintCodes) -> queue.Queu
     risk = {"yes": True, "no": False}.get(query.get("risk", ""))
     business = query.get("business")
     try:
-        page = max(1, int(query.get("page", "1")))
+        page = min(max(1, int(query.get("page", "1"))), queue.MAX_PAGE)
     except ValueError:
         page = 1
     return queue.QueueFilter(

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, update
 
@@ -853,6 +853,8 @@ async def cast(browser, data) -> dict:
     the officer or the administrator out for the ones after it."""
     return {"officer": await signed_in(browser, data, "icbc-wang", "institution", "icbc"),
             "admin": await signed_in(browser, data, "root", "admin"),
+            "association": await signed_in(browser, data, "bank-assoc", "association",
+                                           "assoc-bank"),
             "anonymous": browser(),
             "spare": await data.staff("icbc-spare", "institution", "icbc"),
             "complaint": await data.complaint("icbc")}
@@ -867,6 +869,7 @@ posts = st.one_of(
                                "/staff/users/{spare}/unlock", "/staff/users/{spare}/invite",
                                "/staff/users/999999/active", "/staff/channels",
                                "/staff/channels/1/active", "/staff/channels/999999/active"])),
+    st.tuples(st.just("association"), st.just("/staff/export")),
     st.tuples(st.just("anonymous"),
               st.sampled_from(["/staff/login", "/staff/invite/not-a-token",
                                "/staff/complaints/{tn}/reply"])),
@@ -886,6 +889,34 @@ async def test_any_form_gets_a_page_or_a_clear_refusal(cast, post, form):
     response = await person.post(path, form)
     event(f"{who}: {response.status}")  # --hypothesis-show-statistics shows the spread
     assert response.status in {200, 303, 400, 401, 403, 404, 409, 413, 429}, response.body[:500]
+
+
+query_values = st.one_of(
+    form_values, st.integers().map(str),
+    st.sampled_from(["9" * 30, "-9" * 10, "٣", "1_000", "0x10", "2026", "4", "5", "yes", "no",
+                     "bank", "life", "property", "2026-02-30", "2026-01-01", "//evil.example"]),
+)
+QUERY_KEYS = ("status", "risk", "business", "page", "overdue", "year", "quarter", "next",
+              "set", "from", "to", "sector", "format")
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(who=st.sampled_from(["officer", "association", "admin", "anonymous"]),
+       path=st.sampled_from(["/staff/", "/staff/complaints/{tn}", "/staff/complaints/{tn}/history",
+                             "/staff/complaints/{tn}/export", "/staff/reports",
+                             "/staff/reports.csv", "/staff/reports.json", "/staff/risk",
+                             "/staff/export", "/staff/curation", "/staff/users",
+                             "/staff/channels", "/staff/login"]),
+       query=st.dictionaries(st.sampled_from(QUERY_KEYS), query_values, max_size=4))
+@example(who="officer", path="/staff/", query={"page": "200000000000000000"})  # was a 500
+async def test_any_query_string_gets_a_page_or_a_clear_refusal(cast, who, path, query):
+    """Filters, pages and periods come from the address bar, where anything can be typed."""
+    person = cast[who]
+    response = await person.get(path.format(tn=cast["complaint"].tracking_no), params=query,
+                                allow_redirects=False)
+    event(f"{who}: {response.status}")
+    assert response.status in {200, 303, 400, 403, 404}, response.body[:500]
 
 
 async def test_first_admin_token_only_until_an_admin_can_sign_in(data, server):

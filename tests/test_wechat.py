@@ -23,7 +23,7 @@ from xml.sax.saxutils import escape as xml_escape
 import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
@@ -809,6 +809,35 @@ async def test_any_sealed_payload_gets_a_reply_or_a_clear_refusal(compatible, me
         envelope = message_xml({"ToUserName": ACCOUNT, "Encrypt": sealed})
         response = await compatible.client.post("/wechat", params=query, data=envelope)
         assert response.status in {200, 400, 413}, await response.text()
+
+
+query_values = st.one_of(st.text(max_size=60), st.integers().map(str),
+                         st.sampled_from(["9" * 30, "-1", "", "aes", "raw", "٣", "1e9",
+                                          "now", "now", "now"]))
+queries = st.dictionaries(st.sampled_from(["signature", "timestamp", "nonce", "echostr",
+                                           "encrypt_type", "msg_signature", "openid"]),
+                          query_values, max_size=6)
+
+
+@WHATEVER
+@given(query=queries, safe=st.booleans(), sign_it=st.booleans())
+async def test_any_query_on_the_server_address_gets_a_clear_answer(plain, compatible, query,
+                                                                    safe, sign_it):
+    """WeChat's URL check (GET) and messages (POST) with whatever query string: signed or
+    not, huge or garbled timestamps, unknown encryption types."""
+    server = compatible if safe else plain
+    now = str(int(time.time()))
+    query = {key: now if value == "now" else value for key, value in query.items()}
+    if sign_it:
+        timestamp, nonce = query.get("timestamp", "0"), query.get("nonce", "")
+        query = {**query, "signature": sign(TOKEN, timestamp, nonce)}
+    response = await server.client.get("/wechat", params=query)
+    event(f"GET {response.status}")
+    assert response.status in {200, 400, 403}, await response.text()
+    body = message_xml(server.fields("text", Content=QUESTION))
+    response = await server.client.post("/wechat", params=query, data=body)
+    event(f"POST {response.status}")
+    assert response.status in {200, 400, 403, 413}, await response.text()
 
 
 # -- configuration -------------------------------------------------------------------------

@@ -880,8 +880,9 @@ posts = st.one_of(
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(post=posts, form=forms)
 async def test_any_form_gets_a_page_or_a_clear_refusal(cast, post, form):
-    """Whatever a signed-in officer, an administrator or a stranger posts, with a valid
-    CSRF token, to the dashboard's forms: a page, a redirect or a 4xx, never a 500."""
+    """Whatever a signed-in officer, administrator or association member, or a stranger,
+    posts with a valid CSRF token to the dashboard's forms: a page, a redirect or a 4xx,
+    never a 500."""
     who, path = post
     person = cast[who]
     path = path.format(tn=cast["complaint"].tracking_no, spare=cast["spare"].id)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.log_guard import LogGuard, find_personal_numbers, is_own, mask
+from tests.log_guard import LogGuard, find_personal_numbers, is_own, looks_personal, mask
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -28,6 +28,11 @@ def test_the_scanner_ignores_masked_numbers_and_longer_runs_of_digits():
     assert find_personal_numbers("电话 138****5678，证件 110105********0021") == []
     assert find_personal_numbers("MsgId 6900000000000001380 at 1732000000000 ms") == []
     assert find_personal_numbers("12812345678 is no mobile number") == []
+
+
+def test_generated_test_data_can_be_kept_from_looking_personal():
+    assert looks_personal("page=13012345630") and looks_personal("13012345630")
+    assert not looks_personal("page=2147483647") and not looks_personal("-9999999999999")
 
 
 def test_digits_inside_a_hex_signature_are_not_a_phone_number():

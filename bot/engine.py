@@ -73,13 +73,17 @@ Handler = Callable[[Turn], Awaitable[list[Reply]]]
 
 
 class Delivery(Protocol):
-    """What a channel that redelivers messages keeps with each turn (see handle_delivery)."""
+    """What a channel that redelivers messages keeps with each turn (see handle_delivery).
 
-    async def claim(self, tx: Transaction) -> bool:
-        """Record the delivery; False when it was recorded before (a repeat)."""
+    It keeps it in the user's state, which the turn saves anyway: rows of its own would
+    cost round trips on every message (`handlers.wechat_store`).
+    """
 
-    async def keep(self, tx: Transaction, replies: list[Reply]) -> None:
-        """Store what a repeat must be answered with, in the turn's transaction."""
+    def is_repeat(self, state: dict[str, Any]) -> bool:
+        """True when the state shows this delivery answered before."""
+
+    def keep(self, state: dict[str, Any], replies: list[Reply]) -> None:
+        """Record the delivery, with what a repeat must be answered, in the state."""
 
 
 def numbered_choice(turn: Turn) -> str | None:
@@ -184,10 +188,12 @@ class Engine:
                               delivery: Delivery | None) -> list[Reply] | None:
         """`handle`, for a channel that redelivers: None for a repeat of a delivery.
 
-        The delivery is claimed first and its reply kept at the end, in the turn's own
-        transaction, so all of it commits together or not at all: a worker that dies
-        mid-turn leaves the message unclaimed and the channel's retry is answered, and
-        a repeat of a message already answered is turned away without running the turn.
+        The delivery is recorded, with its reply, in the state the turn saves, so all of
+        it is stored together or not at all: a worker that dies mid-turn leaves the
+        message unrecorded and the channel's retry is answered, and a repeat of a message
+        already answered is turned away without running the turn.  Two deliveries of
+        one message at once both run; the state's version lets only one of them save,
+        and the other, run again locked, finds it recorded.
         """
         incoming = _storable(incoming)
         for attempt in range(ATTEMPTS):
@@ -221,16 +227,16 @@ class Engine:
         `_StateChanged`, its transaction rolls back, and the next attempt holds the row
         lock from the start.
         """
-        if delivery is not None and not await delivery.claim(tx):
-            return None
         if locked:
             state, version = await load_state(tx, incoming.channel, incoming.user_id), None
         else:
             state, version = await read_state(tx, incoming.channel, incoming.user_id)
+        if delivery is not None and delivery.is_repeat(state):
+            return None
         replies = await self.handle_turn(Turn(tx=tx, state=state, incoming=incoming))
         state["turns"] = int(state.get("turns", 0)) + 1
         if delivery is not None:
-            await delivery.keep(tx, replies)
+            delivery.keep(state, replies)
         if locked:
             await save_state(tx, incoming.channel, incoming.user_id, state)
         elif not await save_state_if_unchanged(tx, incoming.channel, incoming.user_id,

@@ -56,12 +56,11 @@ class UnansweredQuestion(Base):
 
 
 class ProcessedDelivery(Base):
-    """A channel delivery already handled (WeChat MsgId, Telegram update_id, ...).
+    """A Telegram delivery already handled (an update_id), or a button's hashed data.
 
-    Channels retry: WeChat re-sends a message three times if it has no answer in five
-    seconds, and Telegram may repeat an update.  The first delivery stores its rendered
-    reply here; a repeat gets the same reply and is never processed twice, whichever
-    worker it reaches.
+    Telegram may repeat an update; the first delivery is recorded here, and a repeat is
+    never processed twice, whichever worker it reaches.  (WeChat keeps the same memory in
+    the follower's conversation state, saved with each turn: `handlers.wechat_store`.)
     """
 
     __tablename__ = "processed_deliveries"

@@ -8,11 +8,11 @@ replies come back as one passive text reply: buttons as "回复 N …" lines (a 
 presses them) and long answers cut into pages read with "更多".
 
 WeChat's 5-second rule: a message is answered within `wechat.reply_budget_seconds`; every
-delivery is claimed in the database in the same transaction as the turn that answers it,
-so WeChat's retries (at any worker) get the stored reply, nothing is handled twice, and a
-message whose turn failed (a worker killed mid-turn) is still answered on the retry; an
-answer that overruns the budget is sent later through the customer-service API (or kept
-for "更多" without one).
+message answered is remembered, with its reply, in the follower's state that the turn
+saves (`handlers.wechat_store`), so WeChat's retries (at any worker) get the stored reply,
+nothing is handled twice, and a message whose turn failed (a worker killed mid-turn) is
+still answered on the retry; an answer that overruns the budget is sent later through the
+customer-service API (or kept for "更多" without one).
 The wire format itself is in `handlers.wechat_protocol`.
 
 A follower who writes faster than `limits.wechat_per_user_per_minute` is asked to slow down
@@ -26,7 +26,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +37,7 @@ from bot.config import Config, ConfigError, WechatConfig
 from bot.limits import limits_of
 from bot.messages import Incoming, Reply
 from bot.services import SERVICES, Services
-from bot.transactions import Transaction
+from bot.state import load_state, read_state, save_state
 from handlers import wechat_store as store
 from handlers.wechat_api import WechatApi, WechatApiError, http_session
 from handlers.wechat_protocol import (
@@ -66,7 +66,7 @@ MORE_WORDS = frozenset({"更多", "下一段"})
 NUMBERED = {"numbered_choices": True}
 WAIT_POLL_SECONDS = 0.1
 DRAIN_SECONDS = 10.0
-CLAIM_PURGE_SECONDS = 60.0
+SWEEP_SECONDS = 3600.0
 READ_CHUNK_BYTES = 8192
 MAX_USER_ID_CHARS = 128
 ANSWERED_EVENTS = frozenset({"subscribe", "click"})
@@ -104,7 +104,7 @@ class WechatChannel:
         self.api = api
         self.page_bytes = PASSIVE_TEXT_LIMIT_BYTES
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._next_purge = 0.0
+        self._next_sweep = 0.0
 
     # -- the 5-second rule ---------------------------------------------------------------
     async def respond(self, message: Mapping[str, str], deadline: float) -> str | None:
@@ -112,7 +112,7 @@ class WechatChannel:
         if _is_quiet(message):
             return None
         key = delivery_key(message)
-        await self._purge_when_due()
+        await self._sweep_when_due()
         user = message["FromUserName"]
         task = self._spawn(self._answer(message, key))
         loop = asyncio.get_running_loop()
@@ -120,7 +120,7 @@ class WechatChannel:
         if task in done:
             pages = task.result()  # claimed, answered and kept in one transaction
             if pages is None:  # a repeat of a delivery answered (or being answered) before
-                return await self._reply_of_retry(key, deadline)
+                return await self._reply_of_retry(key, user, deadline)
             return (pages[0] if pages else "") or None
         late = "" if self.api is not None else STILL_WORKING
         self._spawn(self._deliver_late(task, key, late, user))
@@ -129,31 +129,38 @@ class WechatChannel:
         return late or None
 
     async def _alone(self, key: str, user: str,
-                     pages: Callable[[Transaction], Awaitable[list[str]]]) -> list[str] | None:
-        """A message that does not reach the engine ("更多", media): claimed, answered and
-        its reply kept in one transaction, like the engine's turns (`_Delivery`)."""
+                     pages: Callable[[dict[str, Any]], list[str]]) -> list[str] | None:
+        """A message that does not reach the engine ("更多", media): answered and
+        remembered in one transaction, like the engine's turns (`_Delivery`)."""
         async with self.services.transactions.begin() as tx:
-            if not await store.add_claim(tx, CHANNEL, key):
+            state = await load_state(tx, CHANNEL, user)
+            if store.was_answered(state, key):
                 return None
-            answer = await pages(tx)
-            await store.keep_answer(tx, CHANNEL, key, user, answer)
+            answer = pages(state)
+            store.remember(state, key, answer, time.time())
+            await save_state(tx, CHANNEL, user, state)
         return answer
 
-    async def _purge_when_due(self) -> None:
-        """Drop old claims, at most once every `CLAIM_PURGE_SECONDS` per worker."""
+    async def _sweep_when_due(self) -> None:
+        """Forget what silent followers left behind, at most once every `SWEEP_SECONDS`
+        per worker (each sweep reads the whole conversations table)."""
         now = asyncio.get_running_loop().time()
-        if now < self._next_purge:
+        if now < self._next_sweep:
             return
-        self._next_purge = now + CLAIM_PURGE_SECONDS
-        async with self.services.transactions.begin() as tx:
-            await store.purge_claims(tx, CHANNEL)
+        self._next_sweep = now + SWEEP_SECONDS
+        while True:
+            async with self.services.transactions.begin() as tx:
+                found = await store.forget_silent(tx, CHANNEL)
+            if found < store.SWEEP_BATCH:
+                return
 
-    async def _reply_of_retry(self, key: str, deadline: float) -> str | None:
+    async def _reply_of_retry(self, key: str, user: str, deadline: float) -> str | None:
         """A retry waits briefly for the first delivery's reply and repeats it."""
         loop = asyncio.get_running_loop()
         while True:
             async with self.services.transactions.begin(read_only=True) as tx:
-                reply = await store.stored_reply(tx, CHANNEL, key)
+                state, _ = await read_state(tx, CHANNEL, user)
+            reply = store.reply_of(state, key)
             if reply is not None:
                 return reply or None
             remaining = deadline - loop.time()
@@ -165,14 +172,14 @@ class WechatChannel:
                             user: str) -> None:
         """Send an overrun answer through the API, or keep it for "更多" when that fails.
 
-        The passive reply already given (`late`) is stored once the turn has committed
-        its claim, so WeChat's retries repeat it instead of waiting.
+        The passive reply already given (`late`) is stored once the turn has committed,
+        so WeChat's retries repeat it instead of waiting.
         """
         pages = await task
         if pages is None:
             return  # a repeat: the first delivery answers
-        async with self.services.transactions.begin() as tx:
-            await store.store_reply(tx, CHANNEL, key, late)
+        await self._update_memory(user, lambda state: store.set_reply(
+            state, key, late, time.time()))
         if not pages:
             return
         if self.api is not None:
@@ -184,10 +191,16 @@ class WechatChannel:
             else:
                 pages = pages[1:]
         try:
-            async with self.services.transactions.begin() as tx:
-                await store.save_pages(tx, user, pages)
+            await self._update_memory(user, lambda state: store.keep_pages(state, pages))
         except Exception:
             log.exception("wechat: could not keep the pages of a late answer")
+
+    async def _update_memory(self, user: str, change: Callable[[dict[str, Any]], None]) -> None:
+        """Change the follower's state outside a turn (locked, so no turn is overwritten)."""
+        async with self.services.transactions.begin() as tx:
+            state = await load_state(tx, CHANNEL, user)
+            change(state)
+            await save_state(tx, CHANNEL, user, state)
 
     # -- messages ------------------------------------------------------------------------
     async def _answer(self, message: Mapping[str, str], key: str) -> list[str] | None:
@@ -209,10 +222,8 @@ class WechatChannel:
         if kind == "text":
             text = message.get("Content", "").strip()
             if text in MORE_WORDS:
-                async def more(tx: Transaction) -> list[str]:
-                    return await store.pending_pages(tx, user) or [NO_MORE_PAGES]
-
-                return await self._alone(key, user, more)
+                return await self._alone(
+                    key, user, lambda state: store.pending_pages(state) or [NO_MORE_PAGES])
             limit = self.services.config.chat.max_text_chars
             return await self._engine(Incoming(CHANNEL, user, text=text[:limit], meta=NUMBERED),
                                       key)
@@ -235,7 +246,7 @@ class WechatChannel:
         return await self._alone(key, user, _constant([media_note(kind)]))
 
     async def _engine(self, incoming: Incoming, key: str) -> list[str] | None:
-        delivery = _Delivery(key, incoming.user_id, self.page_bytes)
+        delivery = _Delivery(key, self.page_bytes)
         if await self.services.chat.handle_delivery(incoming, delivery) is None:
             return None
         return delivery.pages
@@ -260,27 +271,24 @@ class WechatChannel:
 
 @dataclass
 class _Delivery:
-    """One WeChat message on its way through the engine (`Engine.handle_delivery`): the
-    MsgId claimed, and the rendered reply and unread pages kept, in the turn's transaction."""
+    """One WeChat message on its way through the engine (`Engine.handle_delivery`): a
+    repeat is recognised, and the rendered reply and unread pages are remembered, in the
+    follower's state that the turn saves."""
 
     key: str
-    user: str
     page_bytes: int
     pages: list[str] = field(default_factory=list)
 
-    async def claim(self, tx: Transaction) -> bool:
-        return await store.add_claim(tx, CHANNEL, self.key)
+    def is_repeat(self, state: dict[str, Any]) -> bool:
+        return store.was_answered(state, self.key)
 
-    async def keep(self, tx: Transaction, replies: list[Reply]) -> None:
+    def keep(self, state: dict[str, Any], replies: list[Reply]) -> None:
         self.pages = paginate(render(replies), self.page_bytes)
-        await store.keep_answer(tx, CHANNEL, self.key, self.user, self.pages)
+        store.remember(state, self.key, self.pages, time.time())
 
 
-def _constant(pages: list[str]) -> Callable[[Transaction], Awaitable[list[str]]]:
-    async def answer(_tx: Transaction) -> list[str]:
-        return pages
-
-    return answer
+def _constant(pages: list[str]) -> Callable[[dict[str, Any]], list[str]]:
+    return lambda _state: pages
 
 
 WECHAT = web.AppKey("wechat", WechatChannel)

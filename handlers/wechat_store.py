@@ -1,25 +1,45 @@
-"""What the WeChat channel keeps in the database, behind small repository functions.
+"""What the WeChat channel remembers, kept in the database so that any worker can answer.
 
 Several workers answer WeChat behind one address, and WeChat retries a message that had no
-answer in five seconds, possibly at another worker.  So everything the channel remembers
-lives in rows: the deliveries already claimed (with the reply they got), the pages of a long
-answer still to be read with "更多", and the access token all workers share.  The caller
-owns the transaction; these functions never commit.
+answer in five seconds, possibly at another worker.  What the channel must remember about a
+follower lives in that follower's conversation state (`bot.state`), under one key, and is
+saved with the turn that answers a message, by the same statement:
+
+- the messages answered lately, each with the reply it got, so that a retry is answered
+  the same, at any worker, and never processed twice;
+- the pages of a long answer still to be read with "更多".
+
+In rows of their own (a claim row per message, a row of pages per follower) these cost
+five more round trips per message on PostgreSQL than the state write alone
+(benchmarks/README.md, "Statements per message").  The memory is small: messages older
+than `ANSWERED_SECONDS` are dropped at the follower's next message, replies are kept only
+for the newest few, and `forget_silent` sweeps what followers who went quiet left behind
+after a day, since a reply may repeat what the follower typed.
+
+The access token all workers share is a row of its own (`SharedSecretCache`).  The
+functions on a session never commit: the caller owns the transaction.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import bindparam, delete, select, text, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.models import Conversation, ProcessedDelivery, SharedSecretCache, utcnow
+from bot.models import Conversation, SharedSecretCache, utcnow
 from bot.state import load_state, save_state
 from bot.transactions import Transaction
 
-PAGES_CHANNEL = "wechat-pages"
-DELIVERY_RETENTION = timedelta(days=1)
+MEMORY_KEY = "wechat"  # the channel's part of the follower's state
+# WeChat retries a message three times within about 15 seconds; a late answer (past the
+# reply budget) stores its passive reply when its turn ends, seconds later.
+ANSWERED_SECONDS = 120
+MAX_ANSWERED = 32  # a follower at the rate limit sends 15 messages in WeChat's retry span
+REPLIES_KEPT = 4  # a retry of an older message still counts as answered, with no reply
+RETENTION = timedelta(days=1)
+SWEEP_BATCH = 200
 
 
 def aware(moment: datetime) -> datetime:
@@ -27,71 +47,94 @@ def aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
+def _memory(state: dict[str, Any]) -> dict[str, Any]:
+    memory = state.get(MEMORY_KEY)
+    return memory if isinstance(memory, dict) else {}
+
+
+def _answered(state: dict[str, Any]) -> list[list[Any]]:
+    """[message key, first page of its reply or None, when (epoch seconds)], newest first."""
+    return [entry for entry in _memory(state).get("answered") or []
+            if isinstance(entry, list) and len(entry) == 3]
+
+
+def _entry(state: dict[str, Any], key: str) -> list[Any] | None:
+    return next((entry for entry in _answered(state) if entry[0] == key), None)
+
+
 # -- deliveries ----------------------------------------------------------------------------
-# Every WeChat message runs the claim, the reply and the pages statements, so they are built
-# once with bound parameters and run by `bot.transactions` (straight at the driver on
-# SQLite): the ORM's per-call machinery cost more than SQLite did.  The claim is an
-# INSERT that does nothing on a duplicate key, so a retry is told apart by the row count
-# instead of by an error (on PostgreSQL it waits for the first claim's commit).
-_CLAIM = text(
-    "INSERT INTO processed_deliveries (channel, delivery_key, reply, created_at)"
-    " VALUES (:channel, :key, NULL, :now) ON CONFLICT (channel, delivery_key) DO NOTHING"
-).bindparams(bindparam("now", type_=ProcessedDelivery.__table__.c.created_at.type))
-_PURGE = delete(ProcessedDelivery).where(ProcessedDelivery.channel == bindparam("channel"),
-                                         ProcessedDelivery.created_at < bindparam("before"))
-_REPLY_OF = select(ProcessedDelivery.reply).where(
-    ProcessedDelivery.channel == bindparam("channel"),
-    ProcessedDelivery.delivery_key == bindparam("key"))
-_STORE_REPLY = update(ProcessedDelivery).where(
-    ProcessedDelivery.channel == bindparam("of_channel"),
-    ProcessedDelivery.delivery_key == bindparam("of_key")).values(reply=bindparam("new_reply"))
-_FORGET_PAGES = delete(Conversation).where(Conversation.channel == PAGES_CHANNEL,
-                                           Conversation.user_id == bindparam("user_id"))
+def was_answered(state: dict[str, Any], key: str) -> bool:
+    """True when the message with this key was answered before (a retry)."""
+    return _entry(state, key) is not None
 
 
-async def add_claim(tx: Transaction, channel: str, key: str) -> bool:
-    """Claim a delivery; False when another delivery of the same message got it first."""
-    return await tx.run(_CLAIM, {"channel": channel, "key": key, "now": utcnow()}) == 1
+def reply_of(state: dict[str, Any], key: str) -> str | None:
+    """What a retry repeats: the reply the message got ("" for none, or no longer kept);
+    None while it has not been answered."""
+    entry = _entry(state, key)
+    if entry is None:
+        return None
+    return str(entry[1]) if entry[1] is not None else ""
 
 
-async def purge_claims(tx: Transaction, channel: str) -> None:
-    """Drop claims older than a day: WeChat stops retrying a message after seconds."""
-    await tx.run(_PURGE, {"channel": channel, "before": utcnow() - DELIVERY_RETENTION})
+def remember(state: dict[str, Any], key: str, pages: list[str], now: float) -> None:
+    """Record a message as answered with `pages`: the first is its reply, the rest wait
+    for "更多" (replacing any unread pages of an earlier answer)."""
+    _record(state, key, pages[0] if pages else "", now)
+    keep_pages(state, pages[1:])
 
 
-async def stored_reply(tx: Transaction, channel: str, key: str) -> str | None:
-    """The reply given to a claimed delivery, or None while it is still being answered."""
-    row = await tx.first(_REPLY_OF, {"channel": channel, "key": key})
-    return row[0] if row is not None else None
+def set_reply(state: dict[str, Any], key: str, reply: str, now: float) -> None:
+    """Change what retries of an answered message repeat (a late answer's passive reply)."""
+    _record(state, key, reply, now)
 
 
-async def store_reply(tx: Transaction, channel: str, key: str, reply: str) -> None:
-    """Remember what a delivery was answered, so its retries get exactly the same."""
-    await tx.run(_STORE_REPLY, {"of_channel": channel, "of_key": key, "new_reply": reply})
-
-
-async def keep_answer(tx: Transaction, channel: str, key: str, user_id: str,
-                      pages: list[str]) -> None:
-    """Keep what a claimed delivery was answered: its first page for retries, the rest
-    for "更多"."""
-    await store_reply(tx, channel, key, pages[0] if pages else "")
-    await save_pages(tx, user_id, pages[1:])
+def _record(state: dict[str, Any], key: str, reply: str, now: float) -> None:
+    kept = [entry for entry in _answered(state)
+            if entry[0] != key and now - float(entry[2]) < ANSWERED_SECONDS]
+    answered = [[key, reply, now], *kept][:MAX_ANSWERED]
+    for entry in answered[REPLIES_KEPT:]:
+        entry[1] = None
+    state[MEMORY_KEY] = {**_memory(state), "answered": answered}
 
 
 # -- pages of long answers -----------------------------------------------------------------
-async def pending_pages(tx: Transaction, user_id: str) -> list[str]:
-    """The pages of the last long answer the user has not read yet."""
-    state = await load_state(tx, PAGES_CHANNEL, user_id)
-    pages = state.get("pages") or []
-    return [str(page) for page in pages]
+def pending_pages(state: dict[str, Any]) -> list[str]:
+    """The pages of the last long answer the follower has not read yet."""
+    return [str(page) for page in _memory(state).get("pages") or []]
 
 
-async def save_pages(tx: Transaction, user_id: str, pages: list[str]) -> None:
-    """Keep the unread pages; an empty list forgets them (and writes nothing if none were kept)."""
+def keep_pages(state: dict[str, Any], pages: list[str]) -> None:
+    """Keep the unread pages; an empty list forgets them."""
+    memory = {name: value for name, value in _memory(state).items() if name != "pages"}
     if pages:
-        await save_state(tx, PAGES_CHANNEL, user_id, {"pages": pages})
-        return
-    await tx.run(_FORGET_PAGES, {"user_id": user_id})
+        memory["pages"] = list(pages)
+    if memory:
+        state[MEMORY_KEY] = memory
+    else:
+        state.pop(MEMORY_KEY, None)
+
+
+# -- followers who went quiet --------------------------------------------------------------
+_SILENT = select(Conversation.user_id).where(
+    Conversation.channel == bindparam("channel"),
+    Conversation.updated_at < bindparam("before", type_=Conversation.updated_at.type),
+    Conversation.state[MEMORY_KEY].is_not(None),
+).limit(SWEEP_BATCH)
+
+
+async def forget_silent(tx: Transaction, channel: str) -> int:
+    """Drop the channel's memory from the states of followers silent for `RETENTION`; how
+    many.  Their latest replies and unread pages would otherwise stay until they write
+    again.  One batch a call: the caller calls again while a whole batch was found."""
+    session = await tx.session()
+    rows = (await session.execute(
+        _SILENT, {"channel": channel, "before": utcnow() - RETENTION})).all()
+    for (user_id,) in rows:
+        state = await load_state(tx, channel, user_id)  # locked: a turn may be running
+        if state.pop(MEMORY_KEY, None) is not None:
+            await save_state(tx, channel, user_id, state)
+    return len(rows)
 
 
 # -- the shared access token ---------------------------------------------------------------

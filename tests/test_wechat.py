@@ -33,9 +33,17 @@ from bot.cli import main as cli_main
 from bot.config import Config, ConfigError, build_config
 from bot.engine import Delivery
 from bot.messages import Incoming, Reply
-from bot.models import Conversation, ProcessedDelivery, SharedSecretCache, utcnow
+from bot.models import Conversation, SharedSecretCache, utcnow
 from bot.services import SERVICES, open_services
-from handlers.wechat import NO_MORE_PAGES, STILL_WORKING, VOICE_UNCLEAR, WECHAT, trouble
+from handlers import wechat_store as store
+from handlers.wechat import (
+    NO_MORE_PAGES,
+    STILL_WORKING,
+    SUCCESS,
+    VOICE_UNCLEAR,
+    WECHAT,
+    trouble,
+)
 from handlers.wechat_api import WechatApi, http_session, publish_menu, token_cache_name
 from handlers.wechat_protocol import MORE_HINT, menu_definition
 from tests.log_guard import looks_personal
@@ -273,10 +281,19 @@ def answer_slowly(app: web.Application, seconds: float = 0.05) -> None:
     engine.handle_delivery = slowly  # type: ignore[method-assign]
 
 
-async def engine_turns(app: web.Application, user: str = USER) -> int:
+async def saved_state(app: web.Application, user: str = USER) -> dict[str, Any]:
     async with app[SERVICES].sessions() as session:
         row = await session.get(Conversation, ("wechat", user))
-    return int(row.state.get("turns", 0)) if row is not None else 0
+    return dict(row.state) if row is not None else {}
+
+
+async def engine_turns(app: web.Application, user: str = USER) -> int:
+    return int((await saved_state(app, user)).get("turns", 0))
+
+
+async def remembered(app: web.Application, user: str = USER) -> dict[str, Any]:
+    """The channel's memory in the follower's state: messages answered, unread pages."""
+    return dict((await saved_state(app, user)).get(store.MEMORY_KEY) or {})
 
 
 # -- URL verification ----------------------------------------------------------------------
@@ -423,10 +440,10 @@ async def test_long_answers_come_in_pages_read_with_more(make_client, sqlite_url
     app[WECHAT].page_bytes = 600
     server = WechatServer(client)
     pages = [await server.text(QUESTION)]
-    assert await count(app, Conversation, Conversation.channel == "wechat-pages") == 1
+    assert len((await remembered(app))["pages"]) >= 2
     while pages[-1].endswith(MORE_HINT):
         pages.append(await server.text("更多"))
-    assert await count(app, Conversation, Conversation.channel == "wechat-pages") == 0
+    assert "pages" not in await remembered(app)
     assert len(pages) >= 3
     assert all(len(page.encode("utf-8")) <= 600 for page in pages)
     assert pages[0].startswith("【") and "回复 1 " in pages[-1]
@@ -443,7 +460,8 @@ async def test_a_retried_msg_id_gets_the_same_reply_and_is_processed_once(
     again = await server.reply(fields)
     assert first == again and "【" in first
     assert await engine_turns(app) == 1
-    assert await count(app, ProcessedDelivery, ProcessedDelivery.channel == "wechat") == 1
+    [(key, reply, _)] = (await remembered(app))["answered"]
+    assert key.endswith("7000000000000000001") and reply == first
 
 
 async def test_concurrent_retries_wait_for_the_first_reply(plain_on_each_database):
@@ -470,33 +488,66 @@ async def test_a_message_whose_turn_failed_is_answered_on_wechats_retry(
     monkeypatch.setattr(matcher, "match", fails_once)  # the index is shared by all tests
     fields = server.fields("text", Content=QUESTION, MsgId="7000000000000000003")
     assert await server.reply(fields) == trouble(app[SERVICES].config.chat.hotline)
-    assert await count(app, ProcessedDelivery, ProcessedDelivery.channel == "wechat") == 0
+    assert await saved_state(app) == {}  # nothing recorded: the retry is answered
     retried = await server.reply(fields)
     assert "【" in retried and "挂失" in retried
     assert await server.reply(fields) == retried  # and from then on, once only
     assert await engine_turns(app) == 1
 
 
-async def test_claims_older_than_a_day_are_purged_at_most_once_a_minute(
+async def test_only_recent_messages_are_remembered_and_replies_only_of_the_newest(
         plain_on_each_database):
     server, app = plain_on_each_database
+    sent = [server.fields("text", Content="你好", MsgId=str(7100 + n)) for n in range(7)]
+    for fields in sent:
+        await server.reply(fields)
+    answered = (await remembered(app))["answered"]
+    assert [entry[0][-4:] for entry in answered] == [str(7100 + n) for n in range(6, -1, -1)]
+    assert [entry[1] is not None for entry in answered] == [True] * store.REPLIES_KEPT + [
+        False] * (7 - store.REPLIES_KEPT)
+    # An older message is still recognised: its retry is not processed again.
+    assert await server.reply(sent[0]) == SUCCESS
+    assert await engine_turns(app) == 7
 
-    async def add_claim(key: str, age: timedelta) -> None:
+    async def age(seconds: float) -> None:
         async with app[SERVICES].sessions() as session, session.begin():
-            session.add(ProcessedDelivery(channel="wechat", delivery_key=key, reply="旧",
-                                          created_at=utcnow() - age))
+            row = await session.get(Conversation, ("wechat", USER))
+            memory = dict(row.state[store.MEMORY_KEY])
+            memory["answered"] = [[key, reply, at - seconds]
+                                  for key, reply, at in memory["answered"]]
+            row.state = {**row.state, store.MEMORY_KEY: memory}
 
-    await add_claim("old-1", timedelta(days=2))
-    await add_claim("recent", timedelta(hours=2))
-    await server.text("你好")  # the first claim of this worker purges
-    assert await count(app, ProcessedDelivery, ProcessedDelivery.delivery_key == "old-1") == 0
-    assert await count(app, ProcessedDelivery, ProcessedDelivery.delivery_key == "recent") == 1
-    await add_claim("old-2", timedelta(days=2))
-    await server.text("谢谢")  # within the minute: no second purge
-    assert await count(app, ProcessedDelivery, ProcessedDelivery.delivery_key == "old-2") == 1
-    app[WECHAT]._next_purge = 0.0  # a minute later
+    await age(store.ANSWERED_SECONDS)
+    await server.text("谢谢")
+    assert len((await remembered(app))["answered"]) == 1  # the older ones were dropped
+
+
+async def test_what_silent_followers_left_is_swept_after_a_day_at_most_hourly(
+        plain_on_each_database):
+    server, app = plain_on_each_database
+    app[WECHAT].page_bytes = 600
+    for user in ("quiet-1", "quiet-2"):
+        await server.reply(server.fields("text", FromUserName=user, Content=QUESTION))
+        assert (await remembered(app, user))["pages"]
+
+    async def fall_silent(user: str, age: timedelta) -> None:
+        async with app[SERVICES].sessions() as session, session.begin():
+            row = await session.get(Conversation, ("wechat", user))
+            row.updated_at = utcnow() - age
+
+    await fall_silent("quiet-1", store.RETENTION + timedelta(minutes=1))
+    await fall_silent("quiet-2", store.RETENTION - timedelta(hours=1))
+    app[WECHAT]._next_sweep = 0.0  # an hour after this worker's first message swept
+    await server.text("你好")
+    assert await remembered(app, "quiet-1") == {}
+    assert await engine_turns(app, "quiet-1") == 1  # the rest of the state stays
+    assert (await remembered(app, "quiet-2"))["pages"]
+    await fall_silent("quiet-2", store.RETENTION + timedelta(minutes=1))
+    await server.text("谢谢")  # within the hour: no second sweep
+    assert (await remembered(app, "quiet-2"))["pages"]
+    app[WECHAT]._next_sweep = 0.0  # an hour later
     await server.text("菜单")
-    assert await count(app, ProcessedDelivery, ProcessedDelivery.delivery_key == "old-2") == 0
+    assert await remembered(app, "quiet-2") == {}
 
 
 async def test_a_retried_event_is_processed_once(make_client, sqlite_url):
@@ -722,7 +773,7 @@ async def test_forged_msg_signature_is_403_and_nothing_is_processed(make_client,
     envelope = message_xml({"ToUserName": ACCOUNT, "Encrypt": encrypted})
     response = await client.post("/wechat", params=query, data=envelope)
     assert response.status == 403
-    assert await count(app, ProcessedDelivery) == 0
+    assert await count(app, Conversation) == 0
 
 
 async def test_a_payload_for_another_account_is_400(compatible):

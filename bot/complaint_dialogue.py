@@ -1,9 +1,9 @@
 """The guided complaint dialogue: story first, then the form, a summary, and confirmation.
 
-The draft lives in the database (one per user and channel), so a crash or a restart at
-any step resumes the same draft, on any worker.  "返回" goes back a step, "修改 X" edits a
-field from the summary, "取消" deletes the draft; a question asked in between is answered
-from the knowledge base and the dialogue resumes where it was.
+The draft lives in the user's conversation state (`bot.complaint_drafts`), so a crash or a
+restart at any step resumes the same draft, on any worker.  "返回" goes back a step,
+"修改 X" edits a field from the summary, "取消" deletes the draft; a question asked in
+between is answered from the knowledge base and the dialogue resumes where it was.
 """
 
 from __future__ import annotations
@@ -15,11 +15,17 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import complaint_records as records
-from bot.complaint_drafts import Draft, load_draft, new_draft
+from bot.complaint_drafts import (
+    Draft,
+    drop_expired,
+    is_expired,
+    load_draft,
+    new_draft,
+    purge_expired,
+)
 from bot.complaint_form import (
     FIELD_BY_NAME,
     FIELDS,
@@ -32,7 +38,7 @@ from bot.complaint_form import (
 )
 from bot.config import ChatConfig, ComplaintsConfig
 from bot.messages import Button, Reply
-from bot.models import ComplaintDraft, as_utc, utcnow
+from bot.models import as_utc, utcnow
 from bot.transactions import Transaction
 from bot.validators import Invalid
 from classifiers.institutions import Directory
@@ -72,21 +78,21 @@ class ComplaintDialogue:
     # -- draft storage -----------------------------------------------------------------
     async def draft(self, turn: DialogueTurn, now: datetime | None = None) -> Draft | None:
         """The user's live draft; an expired one is deleted instead."""
-        row = await load_draft(turn.tx, turn.channel, turn.user_id)
+        row = load_draft(turn.state)
         if row is None:
             return None
-        now = now or utcnow()
-        if as_utc(row.updated_at) < now - timedelta(days=self.config.draft_expiry_days):
+        if is_expired(row, self.config.draft_expiry_days, now):
             row.discard()
             return None
         return row
 
+    def forget_expired(self, state: dict[str, Any]) -> None:
+        """Drop an expired draft from a user's state, whatever the turn is about."""
+        drop_expired(state, self.config.draft_expiry_days)
+
     async def purge_expired(self, session: AsyncSession, now: datetime | None = None) -> int:
         """Delete drafts nobody touched for `draft_expiry_days` (they hold personal data)."""
-        cutoff = (now or utcnow()) - timedelta(days=self.config.draft_expiry_days)
-        result = await session.execute(delete(ComplaintDraft).where(
-            ComplaintDraft.updated_at < cutoff))
-        return int(result.rowcount or 0)
+        return await purge_expired(session, self.config.draft_expiry_days, now)
 
     def _save(self, row: Draft, data: dict[str, Any]) -> None:
         row.update(data)
@@ -98,7 +104,7 @@ class ComplaintDialogue:
         if row is not None:
             turn.state["mode"] = "complaint"
             return [self._resume_offer(row)]
-        row = new_draft(turn.tx, turn.channel, turn.user_id)
+        row = new_draft(turn.state)
         turn.state["mode"] = "complaint"
         if story and len(story.strip()) >= 8:
             return await self._accept(turn, row, dict(row.data), FIELD_BY_NAME["story"], story)

@@ -1,102 +1,110 @@
-"""Complaint drafts in the database: loaded, changed and written back within one turn.
+"""Complaint drafts, kept in the user's conversation state.
 
 A draft is read and rewritten on every message of the complaint dialogue (about a fifth of
-all messages), so it is a plain value with prebuilt statements (`bot.transactions`), not
-an ORM object.  The dialogue changes it with `update` and `discard`; what changed is
-written when the turn's transaction commits, the way the ORM's unit of work would, so a
-turn that fails half-way leaves the stored draft as it was.
+all messages), so it lives in the state that every turn loads and saves anyway
+(`bot.state`): a dialogue step then costs the same two statements as a question, where a
+row of its own cost four more round trips on PostgreSQL (benchmarks/README.md,
+"Statements per message").  It is stored only if the turn's state is, so a turn that
+fails half-way leaves the stored draft as it was, and a crash or a restart at any step
+resumes the same draft, on any worker.
+
+A draft holds personal data that nobody has filed yet, so it does not outlive
+`complaints.draft_expiry_days`: an expired draft is dropped at the user's next message
+(`drop_expired`, called on every turn), and `purge_expired` deletes the drafts of users
+who went quiet.
 """
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select, text
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.models import ComplaintDraft, utcnow
-from bot.transactions import Transaction
+from bot.models import Conversation, as_utc, utcnow
 
-_TABLE = ComplaintDraft.__table__
-_LOAD = select(ComplaintDraft.draft_key, ComplaintDraft.data, ComplaintDraft.created_at,
-               ComplaintDraft.updated_at).where(
-    ComplaintDraft.channel == bindparam("channel"),
-    ComplaintDraft.user_id == bindparam("user_id"))
-# Textual for the same reason as bot.state's upsert: valid on SQLite and PostgreSQL, and
-# cached (SQLAlchemy compiles its ON CONFLICT constructs anew on every call).
-_SAVE = text(
-    "INSERT INTO complaint_drafts (channel, user_id, draft_key, data, created_at, updated_at)"
-    " VALUES (:channel, :user_id, :draft_key, :data, :created_at, :updated_at)"
-    " ON CONFLICT (channel, user_id) DO UPDATE SET draft_key = excluded.draft_key,"
-    " data = excluded.data, updated_at = excluded.updated_at"
-).bindparams(
-    bindparam("data", type_=_TABLE.c.data.type),
-    bindparam("created_at", type_=_TABLE.c.created_at.type),
-    bindparam("updated_at", type_=_TABLE.c.updated_at.type),
-)
-_DELETE = delete(ComplaintDraft).where(ComplaintDraft.channel == bindparam("channel"),
-                                       ComplaintDraft.user_id == bindparam("user_id"))
+DRAFT_KEY = "draft"  # the draft's place in the conversation state
 
 
 @dataclass(eq=False)
 class Draft:
-    """One user's complaint in progress on one channel."""
+    """One user's complaint in progress, as held in their state (`state[DRAFT_KEY]`)."""
 
-    channel: str
-    user_id: str
-    draft_key: str
+    state: dict[str, Any]
+    draft_key: str  # makes confirmation idempotent: one complaint per draft
     data: dict[str, Any]
     created_at: datetime
     updated_at: datetime
-    stored: bool = False
-    changed: bool = False
-    discarded: bool = False
 
     def update(self, data: dict[str, Any]) -> None:
         """Replace the form data (and mark the draft touched now)."""
         self.data = dict(data)
         self.updated_at = utcnow()
-        self.changed = True
+        self.state[DRAFT_KEY] = {"key": self.draft_key, "data": self.data,
+                                 "created_at": _stamp(self.created_at),
+                                 "updated_at": _stamp(self.updated_at)}
 
     def discard(self) -> None:
-        """Delete the draft when the turn commits (cancelled, refused or filed)."""
-        self.discarded = True
+        """Delete the draft with the turn's state (cancelled, refused or filed)."""
+        if self.state.get(DRAFT_KEY, {}).get("key") == self.draft_key:
+            self.state.pop(DRAFT_KEY)
 
 
-async def load_draft(tx: Transaction, channel: str, user_id: str) -> Draft | None:
-    """The user's draft (the same object again within one turn), or None."""
-    key = ("draft", channel, user_id)
-    if key in tx.cache:
-        draft = tx.cache[key]
-        return None if draft is None or draft.discarded else draft
-    row = await tx.first(_LOAD, {"channel": channel, "user_id": user_id})
-    draft = None
-    if row is not None:
-        draft = Draft(channel, user_id, row[0], dict(row[1] or {}), row[2], row[3], stored=True)
-        tx.before_commit(lambda: _write(tx, draft))
-    tx.cache[key] = draft
-    return draft
+def _stamp(moment: datetime) -> str:
+    """Fixed-width UTC text, so that stamps compare as text (`purge_expired`)."""
+    return as_utc(moment).astimezone(UTC).isoformat(timespec="microseconds")
 
 
-def new_draft(tx: Transaction, channel: str, user_id: str) -> Draft:
-    """A fresh, empty draft with its own key (the key makes confirmation idempotent)."""
+def load_draft(state: dict[str, Any]) -> Draft | None:
+    """The user's draft in this state, or None."""
+    held = state.get(DRAFT_KEY)
+    if not isinstance(held, dict):
+        return None
+    return Draft(state, str(held["key"]), dict(held["data"]),
+                 as_utc(datetime.fromisoformat(held["created_at"])),
+                 as_utc(datetime.fromisoformat(held["updated_at"])))
+
+
+def new_draft(state: dict[str, Any]) -> Draft:
+    """A fresh, empty draft with its own key, replacing any draft in the state."""
     now = utcnow()
-    draft = Draft(channel, user_id, secrets.token_hex(8), {"values": {}, "order": []},
-                  now, now, changed=True)
-    tx.cache[("draft", channel, user_id)] = draft
-    tx.before_commit(lambda: _write(tx, draft))
+    draft = Draft(state, secrets.token_hex(8), {}, now, now)
+    draft.update({"values": {}, "order": []})
     return draft
 
 
-async def _write(tx: Transaction, draft: Draft) -> None:
-    if draft.discarded:
-        if draft.stored:
-            await tx.run(_DELETE, {"channel": draft.channel, "user_id": draft.user_id})
-        return
-    if draft.changed:
-        await tx.run(_SAVE, {
-            "channel": draft.channel, "user_id": draft.user_id, "draft_key": draft.draft_key,
-            "data": draft.data, "created_at": draft.created_at,
-            "updated_at": draft.updated_at})
+def is_expired(draft: Draft, expiry_days: int, now: datetime | None = None) -> bool:
+    """True for a draft nobody touched for `expiry_days`."""
+    return draft.updated_at < (now or utcnow()) - timedelta(days=expiry_days)
+
+
+def drop_expired(state: dict[str, Any], expiry_days: int) -> None:
+    """Forget an expired draft, even in a turn that has nothing to do with complaints."""
+    draft = load_draft(state)
+    if draft is not None and is_expired(draft, expiry_days):
+        draft.discard()
+
+
+async def purge_expired(session: AsyncSession, expiry_days: int,
+                        now: datetime | None = None) -> int:
+    """Delete the expired drafts of users who have not written since; how many.
+
+    The version moves on, so a turn that read the state before the purge runs again
+    instead of writing the draft back.
+    """
+    cutoff = _stamp((now or utcnow()) - timedelta(days=expiry_days))
+    rows = await session.scalars(
+        select(Conversation)
+        .where(Conversation.state[(DRAFT_KEY, "updated_at")].as_string() < cutoff)
+        .with_for_update())
+    purged = 0
+    for conversation in rows:
+        state = dict(conversation.state)
+        if state.pop(DRAFT_KEY, None) is not None:
+            conversation.state = state
+            conversation.version += 1
+            purged += 1
+    return purged

@@ -248,8 +248,10 @@ class Engine:
         """Dispatch one message and remember the buttons offered, for numbered replies.
 
         Staff replies not yet delivered to this consumer (channels that cannot push) come
-        first, so nothing staff said is ever missed.
+        first, so nothing staff said is ever missed.  An expired complaint draft is
+        dropped first, whatever the message is about: it holds personal data.
         """
+        self.complaints.forget_expired(turn.state)
         waiting = await self._staff_messages(turn)
         replies = waiting + await self._dispatch(turn)
         turn.state["buttons"] = [b.action for reply in replies for b in reply.buttons]

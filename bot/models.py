@@ -82,24 +82,6 @@ class SharedSecretCache(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-class ComplaintDraft(Base):
-    """A complaint being filled in: one per user and channel, deleted on submit or cancel.
-
-    Kept apart from the conversation state so unconfirmed personal data can be purged
-    with one statement when drafts expire.
-    """
-
-    __tablename__ = "complaint_drafts"
-
-    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
-    user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    draft_key: Mapped[str] = mapped_column(String(32))
-    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
-                                                 index=True)
-
-
 class Complaint(Base):
     """A confirmed complaint, in the queue of the institution (or association) handling it."""
 

@@ -1,10 +1,11 @@
 """One database transaction per message, with the hot statements run at the driver.
 
-Every message runs a handful of small statements (the user's state, a complaint draft, a
-WeChat delivery claim).  Through SQLAlchemy's async ORM each cost about ten times what
-SQLite itself spends on it: a session and its unit of work, an execution context, and a
-greenlet switch per call (benchmarks/README.md, "load").  So a `Transaction` runs these
-prebuilt statements differently per database:
+Every message runs a handful of small statements (the user's state, which holds the
+complaint draft and WeChat's memory of answered messages; a declined question).  Through
+SQLAlchemy's async ORM each cost about ten times what SQLite itself spends on it: a
+session and its unit of work, an execution context, and a greenlet switch per call
+(benchmarks/README.md, "load").  So a `Transaction` runs these prebuilt statements
+differently per database:
 
 - on SQLite, whose driver works in the process (`bot.sqlite_inline`), straight on the
   `sqlite3` connection that the turns keep for themselves (`_HeldSqlite`), BEGIN and
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -98,10 +99,6 @@ class Transaction:
         self._sqlite = sqlite
         self._compiled = compiled
         self._session: AsyncSession | None = None
-        self._before_commit: list[Callable[[], Awaitable[None]]] = []
-        # Values loaded once per transaction (a complaint draft, say), so a second load in
-        # the same turn sees the first one's unsaved changes.
-        self.cache: dict[Any, Any] = {}
         self._ended = False  # by `run_last`
 
     def _prepared(self, statement: Executable) -> _Compiled:
@@ -119,7 +116,7 @@ class Transaction:
 
     def _untouched(self) -> bool:
         """True while nothing has run in this transaction, so a statement may run alone."""
-        return (self._sqlite is None and self._session is None and not self._before_commit
+        return (self._sqlite is None and self._session is None
                 and not self.connection.in_transaction())
 
     def _check_open(self) -> None:
@@ -160,17 +157,14 @@ class Transaction:
     async def run_last(self, statement: Executable, values: Mapping[str, Any]) -> int:
         """`run`, for the transaction's last statement; the number of rows it touched.
 
-        When it is also the only one (no statement before it, no session, no write
-        waiting for the commit), PostgreSQL gets it on its own and commits it at once:
-        one round trip instead of BEGIN, the statement and COMMIT.  Otherwise the writes
-        waiting for the commit (`before_commit`) go in just before it.  Nothing may run
-        in the transaction after it.
+        When it is also the only one (no statement before it, no session), PostgreSQL
+        gets it on its own and commits it at once: one round trip instead of BEGIN, the
+        statement and COMMIT.  Nothing may run in the transaction after it.
         """
         self._check_open()
         if self._untouched():
             count = int((await self._alone(statement, values)).rowcount)
         else:
-            await self._write_pending()
             count = await self.run(statement, values)
         self._ended = True
         return count
@@ -197,11 +191,6 @@ class Transaction:
         prepared = self._prepared(statement)
         return int(self._sqlite.execute(prepared.sql, prepared.parameters(values)).rowcount)
 
-    def before_commit(self, write: Callable[[], Awaitable[None]]) -> None:
-        """Run `write` just before the commit (for values changed in memory during a turn)."""
-        self._check_open()
-        self._before_commit.append(write)
-
     async def session(self) -> AsyncSession:
         """An ORM session inside this transaction (opened on first use, flushed at commit)."""
         self._check_open()
@@ -214,13 +203,7 @@ class Transaction:
                                          autoflush=True)
         return self._session
 
-    async def _write_pending(self) -> None:
-        writes, self._before_commit = self._before_commit, []
-        for write in writes:
-            await write()
-
     async def _commit(self) -> None:
-        await self._write_pending()
         session = self._session
         if session is not None:
             await session.flush()

@@ -8,12 +8,13 @@ import logging
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from bot.app import create_app
+from bot.complaint_drafts import DRAFT_KEY
 from bot.complaint_records import parse_tracking_no
 from bot.config import build_config
-from bot.models import Complaint, ComplaintDraft, ComplaintEvent, Notification, utcnow
+from bot.models import Complaint, ComplaintEvent, Conversation, Notification, utcnow
 from bot.services import open_services
 
 STORY = "上个月在工行办信用卡，说好免年费，结果被扣了300块年费，打客服也没人给个说法"
@@ -67,6 +68,27 @@ async def client(aiohttp_client, config, knowledge_index):
     return await aiohttp_client(create_app(config, knowledge_index))
 
 
+async def _drafts(client) -> list[dict]:
+    """Every complaint draft held in a conversation state."""
+    from bot.services import SERVICES
+
+    async with client.app[SERVICES].sessions() as session:
+        states = (await session.scalars(select(Conversation.state))).all()
+    return [state[DRAFT_KEY] for state in states if DRAFT_KEY in state]
+
+
+async def _age_drafts(client, age: timedelta) -> None:
+    """Make every draft look untouched for `age`."""
+    from bot.services import SERVICES
+
+    async with client.app[SERVICES].sessions() as session, session.begin():
+        for row in (await session.scalars(select(Conversation))).all():
+            if DRAFT_KEY in row.state:
+                draft = dict(row.state[DRAFT_KEY])
+                draft["updated_at"] = (utcnow() - age).isoformat(timespec="microseconds")
+                row.state = {**row.state, DRAFT_KEY: draft}
+
+
 async def _complaints(client) -> list[Complaint]:
     from bot.services import SERVICES
 
@@ -100,7 +122,7 @@ async def test_a_whole_complaint_lands_in_the_institutions_queue_with_a_deadline
     [note] = await _rows(client, Notification)
     assert note.queue_id == "icbc" and note.kind == "new-complaint"
     assert note.payload["phone"] == "138****1234" and PHONE not in str(note.payload)
-    assert await _rows(client, ComplaintDraft) == []
+    assert await _drafts(client) == []
 
 
 async def test_back_edit_and_a_question_in_between(client):
@@ -134,7 +156,7 @@ async def test_cancel_deletes_the_draft(client):
     await chat.file_until_summary()
     cancelled = await chat.send("取消")
     assert "已取消" in cancelled
-    assert await _rows(client, ComplaintDraft) == []
+    assert await _drafts(client) == []
     assert await _complaints(client) == []
 
 
@@ -143,7 +165,7 @@ async def test_no_consent_stores_nothing_and_says_where_else_to_complain(client)
     await chat.file_until_consent(when="今天")
     refused = await chat.press("不同意")
     assert "12378" in refused and "95588" in refused
-    assert await _rows(client, ComplaintDraft) == []
+    assert await _drafts(client) == []
     assert await _complaints(client) == []
 
 
@@ -214,31 +236,49 @@ async def test_a_restart_mid_dialogue_resumes_the_same_draft(config, knowledge_i
 
 
 async def test_an_idle_draft_is_offered_for_resumption(client):
-    from bot.services import SERVICES
 
     chat = Chat(client)
     await chat.send("我要投诉")
     await chat.send(STORY)
-    async with client.app[SERVICES].sessions() as session, session.begin():
-        await session.execute(update(ComplaintDraft).values(
-            updated_at=utcnow() - timedelta(minutes=45)))
+    await _age_drafts(client, timedelta(minutes=45))
     offer = await chat.send("最近一周")
     assert "还没填完的投诉" in offer
     resumed = await chat.press("接着填")
     assert "对吗" in resumed
 
 
-async def test_drafts_expire_after_seven_days(config, knowledge_index):
+async def test_drafts_of_users_gone_quiet_are_purged_after_seven_days(
+        aiohttp_client, database_url, knowledge_index):
+    config = build_config({"database": {"url": database_url}}, environ={})
     services = await open_services(config, knowledge_index)
-    async with services.sessions() as session, session.begin():
-        session.add(ComplaintDraft(channel="web", user_id="old", draft_key="k", data={},
-                                   created_at=utcnow() - timedelta(days=9),
-                                   updated_at=utcnow() - timedelta(days=8)))
+    client = await aiohttp_client(create_app(config, knowledge_index))
+    await Chat(client, "old").file_until_consent()
+    await _age_drafts(client, timedelta(days=8))
+    await Chat(client, "recent").file_until_consent()
+    await client.close()
+    async with services.sessions() as session:
+        before = await session.get(Conversation, ("web", "old"))
+        version = before.version
     await services.close()
     reopened = await open_services(config, knowledge_index)  # start-up purges
     async with reopened.sessions() as session:
-        assert (await session.scalars(select(ComplaintDraft))).all() == []
+        old = await session.get(Conversation, ("web", "old"))
+        recent = await session.get(Conversation, ("web", "recent"))
     await reopened.close()
+    assert DRAFT_KEY not in old.state and old.state["turns"] == 5  # the rest stays
+    assert old.version == version + 1  # a turn that read it before must not write it back
+    assert recent.state[DRAFT_KEY]["data"]["values"]["wish"]
+
+
+async def test_an_expired_draft_is_dropped_at_the_next_message_whatever_it_is(client):
+    chat = Chat(client)
+    await chat.file_until_consent()
+    await chat.send("菜单")  # leaves the dialogue; the draft stays for later
+    await _age_drafts(client, timedelta(days=8))
+    await chat.send("信用卡年费能退吗？")
+    assert await _drafts(client) == []
+    resumed = await chat.send("我要投诉")
+    assert "还没填完" not in resumed
 
 
 async def test_a_story_of_5000_characters_is_kept_whole(client):

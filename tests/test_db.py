@@ -17,7 +17,7 @@ from tests.conftest import postgres_url
 
 EXPECTED_TABLES = {
     "conversations", "unanswered_questions", "alembic_version", "processed_deliveries",
-    "shared_secret_cache", "complaint_drafts", "complaints", "complaint_events", "notifications",
+    "shared_secret_cache", "complaints", "complaint_events", "notifications",
     "staff_users", "staff_sessions", "staff_invites", "audit_log", "queue_channels",
     "notification_attempts", "link_codes", "consumer_messages",
 }
@@ -174,3 +174,55 @@ def test_only_a_database_out_of_reach_counts_as_unreachable():
     wrapped = OperationalError("SELECT 1", {}, sqlite3.OperationalError("no such table: x"))
     assert not db.is_unreachable(wrapped)
     assert not db.is_unreachable(ValueError("a bug"))
+
+
+async def test_upgrading_moves_drafts_into_states_and_drops_wechats_old_rows(database_url):
+    """0006–0007: a consumer half-way through a complaint resumes it after the upgrade;
+    WeChat's claim and page rows, never read again, are deleted; downgrading moves the
+    drafts back."""
+    from alembic import command
+
+    from bot.models import Conversation
+
+    await db.upgrade(database_url, "0005")
+    engine = db.create_engine(database_url)
+    stamp = "2026-11-20 08:00:00+00:00"
+    async with engine.begin() as connection:
+        for statement in (
+            "INSERT INTO conversations (channel, user_id, state, version, updated_at) VALUES"
+            f" ('web', 'u1', '{{\"mode\": \"complaint\", \"turns\": 4}}', 4, '{stamp}')",
+            "INSERT INTO complaint_drafts (channel, user_id, draft_key, data, created_at,"
+            " updated_at) VALUES ('web', 'u1', 'k1', '{\"values\": {\"story\": \"扣年费\"},"
+            f" \"order\": [\"story\"]}}', '{stamp}', '{stamp}')",
+            "INSERT INTO complaint_drafts (channel, user_id, draft_key, data, created_at,"
+            f" updated_at) VALUES ('wechat', 'u2', 'k2', '{{}}', '{stamp}', '{stamp}')",
+            "INSERT INTO processed_deliveries (channel, delivery_key, reply, created_at)"
+            f" VALUES ('wechat', 'msg:1', '答复', '{stamp}'), ('telegram', '7', NULL, '{stamp}')",
+            "INSERT INTO conversations (channel, user_id, state, version, updated_at) VALUES"
+            f" ('wechat-pages', 'u2', '{{\"pages\": [\"下一段\"]}}', 1, '{stamp}')",
+        ):
+            await connection.execute(text(statement))
+    await db.upgrade(database_url)
+    sessions = db.create_sessionmaker(engine)
+    async with sessions() as session:
+        u1 = await session.get(Conversation, ("web", "u1"))
+        u2 = await session.get(Conversation, ("wechat", "u2"))
+        pages = await session.get(Conversation, ("wechat-pages", "u2"))
+        claims = (await session.execute(
+            text("SELECT channel FROM processed_deliveries"))).scalars().all()
+    assert u1.state["mode"] == "complaint" and u1.version == 5
+    assert u1.state["draft"]["key"] == "k1"
+    assert u1.state["draft"]["data"]["values"] == {"story": "扣年费"}
+    assert u1.state["draft"]["updated_at"].startswith("2026-11-20T08:00:00")
+    assert u2.state == {"draft": {"key": "k2", "data": {}, "created_at": u2.state["draft"][
+        "created_at"], "updated_at": u2.state["draft"]["updated_at"]}}
+    assert pages is None and claims == ["telegram"]
+    await asyncio.to_thread(command.downgrade, db.alembic_config(database_url), "0006")
+    async with engine.connect() as connection:
+        drafts = (await connection.execute(text(
+            "SELECT channel, user_id, draft_key FROM complaint_drafts ORDER BY user_id"))).all()
+    async with sessions() as session:
+        u1 = await session.get(Conversation, ("web", "u1"))
+    await engine.dispose()
+    assert [tuple(row) for row in drafts] == [("web", "u1", "k1"), ("wechat", "u2", "k2")]
+    assert "draft" not in u1.state and u1.state["turns"] == 4

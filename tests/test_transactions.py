@@ -16,8 +16,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from bot import db
-from bot.complaint_drafts import load_draft, new_draft
-from bot.models import ComplaintDraft, Conversation, UnansweredQuestion, as_utc
+from bot.models import Conversation, UnansweredQuestion, as_utc
 from bot.state import load_state, read_state, save_state, save_state_if_unchanged
 from bot.transactions import Transactions
 from tests.conftest import postgres_url, reset_postgres
@@ -92,44 +91,6 @@ async def test_orm_changes_are_visible_to_later_driver_statements(transactions):
         assert await load_state(tx, "web", "u5") == {"a": 1}
 
 
-async def test_draft_changes_are_written_at_commit_and_only_then(transactions):
-    async with transactions.begin() as tx:
-        draft = new_draft(tx, "wechat", "u6")
-        draft.update({"values": {"story": "扣了年费"}, "order": ["story"]})
-        assert await load_draft(tx, "wechat", "u6") is draft
-    with pytest.raises(Boom):
-        async with transactions.begin() as tx:
-            draft = await load_draft(tx, "wechat", "u6")
-            assert draft is not None
-            draft.update({"values": {}, "order": []})
-            raise Boom
-    async with transactions.begin() as tx:
-        session = await tx.session()
-        row = await session.get(ComplaintDraft, ("wechat", "u6"))
-        assert row is not None and row.data["values"] == {"story": "扣了年费"}
-        assert as_utc(row.created_at) <= as_utc(row.updated_at)
-
-
-async def test_a_discarded_draft_is_deleted(transactions):
-    async with transactions.begin() as tx:
-        new_draft(tx, "web", "u7")
-    async with transactions.begin() as tx:
-        draft = await load_draft(tx, "web", "u7")
-        assert draft is not None
-        draft.discard()
-        assert await load_draft(tx, "web", "u7") is None
-    async with transactions.begin() as tx:
-        assert await load_draft(tx, "web", "u7") is None
-
-
-async def test_a_draft_created_and_discarded_in_one_turn_writes_nothing(transactions):
-    async with transactions.begin() as tx:
-        new_draft(tx, "web", "u8").discard()
-    async with transactions.begin() as tx:
-        session = await tx.session()
-        assert await session.get(ComplaintDraft, ("web", "u8")) is None
-
-
 # -- optimistic turns: an unlocked read, a versioned last write ------------------------------
 async def test_a_state_saved_against_its_version_is_kept(transactions):
     async with transactions.begin() as tx:
@@ -167,16 +128,6 @@ async def test_nothing_runs_after_the_last_statement(transactions):
         async with transactions.begin() as tx:
             await save_state_if_unchanged(tx, "web", "o4", {}, None)
             await load_state(tx, "web", "o4")
-
-
-async def test_writes_waiting_for_the_commit_go_in_with_the_last_statement(transactions):
-    async with transactions.begin() as tx:
-        new_draft(tx, "web", "o5").update({"values": {"story": "乱收费"}, "order": ["story"]})
-        assert await save_state_if_unchanged(tx, "web", "o5", {"mode": "complaint"}, None)
-    async with transactions.begin() as tx:
-        draft = await load_draft(tx, "web", "o5")
-        assert draft is not None and draft.data["values"] == {"story": "乱收费"}
-        assert await load_state(tx, "web", "o5") == {"mode": "complaint"}
 
 
 async def test_a_last_statement_inside_a_failed_block_is_rolled_back(transactions):

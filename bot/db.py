@@ -186,7 +186,10 @@ def alembic_config(url: str) -> AlembicConfig:
     """An Alembic configuration pointing at the packaged migrations and the given URL."""
     config = AlembicConfig()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.set_main_option("sqlalchemy.url", async_url(url).render_as_string(hide_password=False))
+    # The option goes through configparser, which reads "%" as interpolation: a URL with a
+    # percent-encoded part (a Unix socket's ?host=%2Fvar%2Frun%2Fpostgresql) needs "%%".
+    rendered = async_url(url).render_as_string(hide_password=False)
+    config.set_main_option("sqlalchemy.url", rendered.replace("%", "%%"))
     return config
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from bot import db
@@ -226,3 +227,11 @@ async def test_upgrading_moves_drafts_into_states_and_drops_wechats_old_rows(dat
     await engine.dispose()
     assert [tuple(row) for row in drafts] == [("web", "u1", "k1"), ("wechat", "u2", "k2")]
     assert "draft" not in u1.state and u1.state["turns"] == 4
+
+
+def test_a_url_with_percent_encoded_parts_reaches_alembic_intact():
+    """A PostgreSQL on the same machine is reached through its Unix socket, whose URL
+    carries the socket folder percent-encoded."""
+    url = "postgresql://postgres@/xiaobao?host=/var/run/postgresql"
+    config = db.alembic_config(url)
+    assert make_url(config.get_main_option("sqlalchemy.url")) == db.async_url(url)

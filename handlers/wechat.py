@@ -150,7 +150,7 @@ class WechatChannel:
         self._next_sweep = now + SWEEP_SECONDS
         while True:
             async with self.services.transactions.begin() as tx:
-                found = await store.forget_silent(tx, CHANNEL)
+                found = await store.forget_silent(tx, CHANNEL, store.SWEEP_BATCH)
             if found < store.SWEEP_BATCH:
                 return
 

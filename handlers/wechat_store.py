@@ -11,7 +11,7 @@ saved with the turn that answers a message, by the same statement:
 
 In rows of their own (a claim row per message, a row of pages per follower) these cost
 five more round trips per message on PostgreSQL than the state write alone
-(benchmarks/README.md, "Statements per message").  The memory is small: messages older
+(benchmarks/README.md, "Runs of 21:33–22:20").  The memory is small: messages older
 than `ANSWERED_SECONDS` are dropped at the follower's next message, replies are kept only
 for the newest few, and `forget_silent` sweeps what followers who went quiet left behind
 after a day, since a reply may repeat what the follower typed.
@@ -116,24 +116,27 @@ def keep_pages(state: dict[str, Any], pages: list[str]) -> None:
 
 
 # -- followers who went quiet --------------------------------------------------------------
+# `as_string` is SQL NULL where the key is missing on both databases (the JSON value's
+# own test, `is_not(None)`, is always true on SQLite, which quotes a missing value as null).
 _SILENT = select(Conversation.user_id).where(
     Conversation.channel == bindparam("channel"),
     Conversation.updated_at < bindparam("before", type_=Conversation.updated_at.type),
-    Conversation.state[MEMORY_KEY].is_not(None),
-).limit(SWEEP_BATCH)
+    Conversation.state[MEMORY_KEY].as_string().is_not(None),
+)
 
 
-async def forget_silent(tx: Transaction, channel: str) -> int:
-    """Drop the channel's memory from the states of followers silent for `RETENTION`; how
-    many.  Their latest replies and unread pages would otherwise stay until they write
-    again.  One batch a call: the caller calls again while a whole batch was found."""
+async def forget_silent(tx: Transaction, channel: str, batch: int) -> int:
+    """Drop the channel's memory from the states of up to `batch` followers silent for
+    `RETENTION`; how many were found.  Their latest replies and unread pages would
+    otherwise stay until they write again.  Every state found is saved, and so not found
+    again: the caller calls again while a whole batch was found."""
     session = await tx.session()
     rows = (await session.execute(
-        _SILENT, {"channel": channel, "before": utcnow() - RETENTION})).all()
+        _SILENT.limit(batch), {"channel": channel, "before": utcnow() - RETENTION})).all()
     for (user_id,) in rows:
         state = await load_state(tx, channel, user_id)  # locked: a turn may be running
-        if state.pop(MEMORY_KEY, None) is not None:
-            await save_state(tx, channel, user_id, state)
+        state.pop(MEMORY_KEY, None)
+        await save_state(tx, channel, user_id, state)
     return len(rows)
 
 

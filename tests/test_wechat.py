@@ -550,6 +550,30 @@ async def test_what_silent_followers_left_is_swept_after_a_day_at_most_hourly(
     assert await remembered(app, "quiet-2") == {}
 
 
+async def test_the_sweep_rewrites_only_states_holding_memory_and_ends(
+        plain_on_each_database, monkeypatch):
+    """Batches smaller than the old followers: a state found but not rewritten would be
+    found again by every batch, and the sweep would never end."""
+    server, app = plain_on_each_database
+    monkeypatch.setattr(store, "SWEEP_BATCH", 2)
+    old = utcnow() - store.RETENTION - timedelta(hours=1)
+    memory = {"answered": [["msg:1", "答复", 1.0]], "pages": ["下一段"]}
+    async with app[SERVICES].sessions() as session, session.begin():
+        for n in range(3):
+            session.add(Conversation(channel="wechat", user_id=f"plain-{n}",
+                                     state={"turns": 1}, version=1, updated_at=old))
+            session.add(Conversation(channel="wechat", user_id=f"kept-{n}",
+                                     state={"turns": 1, store.MEMORY_KEY: memory},
+                                     version=1, updated_at=old))
+    app[WECHAT]._next_sweep = 0.0
+    await asyncio.wait_for(server.text("你好"), timeout=30)
+    async with app[SERVICES].sessions() as session:
+        rows = {row.user_id: row for row in (await session.scalars(select(Conversation))).all()}
+    for n in range(3):
+        assert rows[f"plain-{n}"].version == 1  # untouched
+        assert rows[f"kept-{n}"].state == {"turns": 1} and rows[f"kept-{n}"].version == 2
+
+
 async def test_a_retried_event_is_processed_once(make_client, sqlite_url):
     client, app = await make_client(wechat_config(
         sqlite_url, {"XIAOBAO_WECHAT_TOKEN": TOKEN}, mode="plain"))

@@ -4,7 +4,7 @@ A draft is read and rewritten on every message of the complaint dialogue (about 
 all messages), so it lives in the state that every turn loads and saves anyway
 (`bot.state`): a dialogue step then costs the same two statements as a question, where a
 row of its own cost four more round trips on PostgreSQL (benchmarks/README.md,
-"Runs of 21:33–22:20").  It is stored only if the turn's state is, so a turn that
+"Runs of 21:33–22:46").  It is stored only if the turn's state is, so a turn that
 fails half-way leaves the stored draft as it was, and a crash or a restart at any step
 resumes the same draft, on any worker.
 

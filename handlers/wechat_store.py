@@ -11,7 +11,7 @@ saved with the turn that answers a message, by the same statement:
 
 In rows of their own (a claim row per message, a row of pages per follower) these cost
 five more round trips per message on PostgreSQL than the state write alone
-(benchmarks/README.md, "Runs of 21:33–22:20").  The memory is small: messages older
+(benchmarks/README.md, "Runs of 21:33–22:46").  The memory is small: messages older
 than `ANSWERED_SECONDS` are dropped at the follower's next message, replies are kept only
 for the newest few, and `forget_silent` sweeps what followers who went quiet left behind
 after a day, since a reply may repeat what the follower typed.

@@ -112,7 +112,7 @@ class WechatChannel:
         if _is_quiet(message):
             return None
         key = delivery_key(message)
-        await self._sweep_when_due()
+        self._sweep_when_due()
         user = message["FromUserName"]
         task = self._spawn(self._answer(message, key))
         loop = asyncio.get_running_loop()
@@ -141,18 +141,29 @@ class WechatChannel:
             await save_state(tx, CHANNEL, user, state)
         return answer
 
-    async def _sweep_when_due(self) -> None:
-        """Forget what silent followers left behind, at most once every `SWEEP_SECONDS`
-        per worker (each sweep reads the whole conversations table)."""
+    def _sweep_when_due(self) -> None:
+        """Start forgetting what silent followers left behind, at most once every
+        `SWEEP_SECONDS` per worker.  It runs in the background: a sweep reads the whole
+        conversations table, and the message that starts it must not wait for that."""
         now = asyncio.get_running_loop().time()
         if now < self._next_sweep:
             return
         self._next_sweep = now + SWEEP_SECONDS
-        while True:
-            async with self.services.transactions.begin() as tx:
-                found = await store.forget_silent(tx, CHANNEL, store.SWEEP_BATCH)
-            if found < store.SWEEP_BATCH:
-                return
+        self._spawn(self._sweep())
+
+    async def _sweep(self) -> None:
+        try:
+            while True:
+                async with self.services.transactions.begin() as tx:
+                    found = await store.forget_silent(tx, CHANNEL, store.SWEEP_BATCH)
+                if found < store.SWEEP_BATCH:
+                    return
+        except Exception as error:  # the next sweep, an hour later, tries again
+            if db.is_unreachable(error):
+                log.warning("wechat: sweep skipped, database unavailable (%s)",
+                            type(error).__name__)
+            else:
+                log.exception("wechat: sweeping silent followers' memory failed")
 
     async def _reply_of_retry(self, key: str, user: str, deadline: float) -> str | None:
         """A retry waits briefly for the first delivery's reply and repeats it."""

@@ -539,14 +539,17 @@ async def test_what_silent_followers_left_is_swept_after_a_day_at_most_hourly(
     await fall_silent("quiet-2", store.RETENTION - timedelta(hours=1))
     app[WECHAT]._next_sweep = 0.0  # an hour after this worker's first message swept
     await server.text("你好")
+    await app[WECHAT].drain()  # the sweep runs beside the answer
     assert await remembered(app, "quiet-1") == {}
     assert await engine_turns(app, "quiet-1") == 1  # the rest of the state stays
     assert (await remembered(app, "quiet-2"))["pages"]
     await fall_silent("quiet-2", store.RETENTION + timedelta(minutes=1))
     await server.text("谢谢")  # within the hour: no second sweep
+    await app[WECHAT].drain()
     assert (await remembered(app, "quiet-2"))["pages"]
     app[WECHAT]._next_sweep = 0.0  # an hour later
     await server.text("菜单")
+    await app[WECHAT].drain()
     assert await remembered(app, "quiet-2") == {}
 
 
@@ -566,7 +569,8 @@ async def test_the_sweep_rewrites_only_states_holding_memory_and_ends(
                                      state={"turns": 1, store.MEMORY_KEY: memory},
                                      version=1, updated_at=old))
     app[WECHAT]._next_sweep = 0.0
-    await asyncio.wait_for(server.text("你好"), timeout=30)
+    await server.text("你好")
+    await asyncio.wait_for(app[WECHAT].drain(), timeout=30)
     async with app[SERVICES].sessions() as session:
         rows = {row.user_id: row for row in (await session.scalars(select(Conversation))).all()}
     for n in range(3):

@@ -578,6 +578,18 @@ async def test_the_sweep_rewrites_only_states_holding_memory_and_ends(
         assert rows[f"kept-{n}"].state == {"turns": 1} and rows[f"kept-{n}"].version == 2
 
 
+async def test_a_failed_sweep_is_logged_and_answers_go_on(plain, monkeypatch, caplog):
+    async def broken(*_args: Any) -> int:
+        raise RuntimeError("disk full, say")
+
+    monkeypatch.setattr(store, "forget_silent", broken)
+    answer = await plain.text(QUESTION)  # this worker's first message starts a sweep
+    await plain.client.app[WECHAT].drain()
+    assert "【" in answer
+    assert "sweeping silent followers' memory failed" in caplog.text
+    assert "【" in await plain.text(QUESTION)
+
+
 async def test_a_retried_event_is_processed_once(make_client, sqlite_url):
     client, app = await make_client(wechat_config(
         sqlite_url, {"XIAOBAO_WECHAT_TOKEN": TOKEN}, mode="plain"))

@@ -21,7 +21,6 @@ from bot import complaint_records as records
 from bot.complaint_drafts import (
     Draft,
     drop_expired,
-    is_expired,
     load_draft,
     new_draft,
     purge_expired,
@@ -76,15 +75,10 @@ class ComplaintDialogue:
         self.stories = records.StoryTrigrams()  # derived from filed stories, never changed
 
     # -- draft storage -----------------------------------------------------------------
-    async def draft(self, turn: DialogueTurn, now: datetime | None = None) -> Draft | None:
-        """The user's live draft; an expired one is deleted instead."""
-        row = load_draft(turn.state)
-        if row is None:
-            return None
-        if is_expired(row, self.config.draft_expiry_days, now):
-            row.discard()
-            return None
-        return row
+    def draft(self, turn: DialogueTurn) -> Draft | None:
+        """The user's draft.  An expired one is gone already: the engine calls
+        `forget_expired` at the start of every turn."""
+        return load_draft(turn.state)
 
     def forget_expired(self, state: dict[str, Any]) -> None:
         """Drop an expired draft from a user's state, whatever the turn is about."""
@@ -100,7 +94,7 @@ class ComplaintDialogue:
     # -- entry points ------------------------------------------------------------------
     async def start(self, turn: DialogueTurn, story: str | None = None) -> list[Reply]:
         """Begin a complaint (offering to resume a draft that already exists)."""
-        row = await self.draft(turn)
+        row = self.draft(turn)
         if row is not None:
             turn.state["mode"] = "complaint"
             return [self._resume_offer(row)]
@@ -112,7 +106,7 @@ class ComplaintDialogue:
 
     async def on_text(self, turn: DialogueTurn, text: str) -> list[Reply]:
         """A typed message while the dialogue is open."""
-        row = await self.draft(turn)
+        row = self.draft(turn)
         if row is None:
             turn.state.pop("mode", None)
             return [Reply("您之前填写的投诉已经过期或已提交。需要的话，我们重新开始：",
@@ -140,7 +134,7 @@ class ComplaintDialogue:
 
     async def on_action(self, turn: DialogueTurn, action: str) -> list[Reply]:
         """A button of the dialogue (actions start with "cx:")."""
-        row = await self.draft(turn)
+        row = self.draft(turn)
         command, _, argument = action.removeprefix("cx:").partition(":")
         if command == "confirm":
             return await self._confirm(turn, row)

@@ -324,7 +324,7 @@ class Engine:
         for key in ("mode", "pending_check", "verify"):
             turn.state.pop(key, None)
         replies = [Reply("请选择您需要的服务，或直接打字问我：", texts.MENU_BUTTONS)]
-        if await self.complaints.draft(_dialogue(turn)) is not None:
+        if self.complaints.draft(_dialogue(turn)) is not None:
             replies.append(Reply("您还有一份没填完的投诉，需要时点“继续填写投诉”。",
                                  (Button("继续填写投诉", "cx:resume"),)))
         return replies

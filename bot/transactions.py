@@ -12,20 +12,24 @@ differently per database:
   COMMIT included, with the SQL string, parameter order and type conversions that
   SQLAlchemy compiled once for each statement, so values are stored exactly as the ORM
   stores and reads them;
-- on PostgreSQL, as SQLAlchemy Core statements on the connection: the network round trip
-  dominates there, and SQLAlchemy's disconnect handling (the whole pool is replaced after
-  a database restart, `bot.engine` retries the turn) is worth its cost.  So round trips
-  are what is saved: the transaction is begun by the driver at its first statement, and
-  a turn's unlocked first read and its only write are each sent on their own
-  (`read_first`, `run_last`), without BEGIN and COMMIT around them.
+- on PostgreSQL, round trips are what is saved first: the transaction is begun by the
+  driver at its first statement, and a turn's unlocked first read and its only write are
+  each sent on their own (`read_first`, `run_last`), without BEGIN and COMMIT around
+  them.  Those two, most turns' only statements, go straight to the asyncpg connection
+  with SQLAlchemy's compiled SQL and conversions; a failure among them is run again
+  through SQLAlchemy, whose disconnect handling the engine relies on (the whole pool is
+  replaced after a database restart, `bot.engine` retries the turn).  Statements inside
+  a transaction (the locked turn, filing) run as SQLAlchemy Core statements on the
+  connection, so that SQLAlchemy begins and ends the transaction.
 
 The ORM is still there for the rare work that needs it (filing a complaint, staff
 replies): `Transaction.session()` opens a session on the same connection and transaction
 the first time it is asked for, and the transaction flushes it before committing.
 
 In-process, per message, this took a question turn from 3.7 to 1.2 ms of CPU, a scam
-check from 2.4 to 0.5 ms and a complaint dialogue step from 4.1 to 1.4 ms
-(benchmarks/README.md).
+check from 2.4 to 0.5 ms and a complaint dialogue step from 4.1 to 1.4 ms; on
+PostgreSQL, the asyncpg path cut the worker's CPU per message of the benchmark's mix
+from 1.25-1.54 to 1.08-1.15 ms (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -126,10 +130,35 @@ class Transaction:
     async def _alone(self, statement: Executable, values: Mapping[str, Any]) -> Any:
         """Run one statement outside any transaction (committed by the database at once).
 
-        The asyncpg driver begins its transaction at the first statement, with a round
-        trip of its own; in autocommit mode it sends the statement alone.  SQLAlchemy's
-        own (autobegun) transaction is then ended, which sends nothing.
+        Sent straight to the asyncpg connection, with the SQL and conversions SQLAlchemy
+        compiled once for it: a statement outside a transaction is sent alone by asyncpg,
+        and skipping SQLAlchemy's execution machinery (an execution context, the driver
+        adapter's cursor and a greenlet switch) halves the worker's CPU for the turn's two
+        statements (benchmarks/README.md, "load").  If it fails, it runs once more through
+        SQLAlchemy, whose error handling the engine relies on: a connection lost with a
+        database restart is told from other errors, the whole pool is replaced, and
+        `DBAPIError.connection_invalidated` says so.  Running it twice is safe because
+        the reads are reads and the writes are conditional (`bot.state`): a write that
+        did reach the database touches no row the second time, and the engine runs the
+        turn again.
         """
+        prepared = self._prepared(statement)
+        driver = self.connection.sync_connection.connection.driver_connection  # type: ignore[union-attr]
+        try:
+            if prepared.results:
+                raw = await driver.fetchrow(prepared.sql, *prepared.parameters(values))
+                return prepared.row(raw) if raw is not None else None
+            status = await driver.execute(prepared.sql, *prepared.parameters(values))
+            return int(status.rsplit(" ", 1)[-1])
+        except Exception:  # noqa: BLE001 - told apart by SQLAlchemy, just below
+            return await self._alone_through_sqlalchemy(statement, values,
+                                                        bool(prepared.results))
+
+    async def _alone_through_sqlalchemy(self, statement: Executable,
+                                        values: Mapping[str, Any], reads: bool) -> Any:
+        """`_alone` the slow way: autocommit on the adapted connection, SQLAlchemy's
+        execute (its errors translated), then ending SQLAlchemy's autobegun transaction,
+        which sends nothing."""
         driver = self.connection.sync_connection.connection.dbapi_connection  # type: ignore[union-attr]
         driver.autocommit = True
         try:
@@ -137,7 +166,10 @@ class Transaction:
             await self.connection.commit()
         finally:
             driver.autocommit = False
-        return result
+        if reads:
+            row = result.first()
+            return tuple(row) if row is not None else None
+        return int(result.rowcount)  # type: ignore[attr-defined]
 
     async def read_first(self, statement: Executable,
                          values: Mapping[str, Any]) -> Row | None:
@@ -151,8 +183,8 @@ class Transaction:
         self._check_open()
         if not self._untouched():
             return await self.first(statement, values)
-        row = (await self._alone(statement, values)).first()
-        return tuple(row) if row is not None else None
+        row: Row | None = await self._alone(statement, values)
+        return row
 
     async def run_last(self, statement: Executable, values: Mapping[str, Any]) -> int:
         """`run`, for the transaction's last statement; the number of rows it touched.
@@ -163,7 +195,7 @@ class Transaction:
         """
         self._check_open()
         if self._untouched():
-            count = int((await self._alone(statement, values)).rowcount)
+            count = int(await self._alone(statement, values))
         else:
             count = await self.run(statement, values)
         self._ended = True
@@ -225,7 +257,10 @@ class Transaction:
     async def _end(self, commit: bool) -> None:
         """Commit or roll back at the driver what the ORM session has not ended itself."""
         if self._sqlite is None:
-            await (self.connection.commit() if commit else self.connection.rollback())
+            # A turn whose statements each ran alone left nothing to end: skip the call
+            # (a greenlet switch) that would send nothing.
+            if self.connection.in_transaction():
+                await (self.connection.commit() if commit else self.connection.rollback())
         elif self._sqlite.in_transaction:
             (self._sqlite.commit if commit else self._sqlite.rollback)()
 

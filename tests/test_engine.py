@@ -182,6 +182,39 @@ async def test_a_turn_survives_pooled_connections_the_database_dropped(knowledge
         await opened.close()
 
 
+async def test_connections_kept_between_turns_are_all_replaced_after_a_restart(
+        knowledge_index):
+    """Turns hand their PostgreSQL connections on to the next turn.  When the database
+    drops them all, the first turn to find one dead gives back every kept one, so no
+    message fails by meeting dead connection after dead connection (a turn is tried
+    three times)."""
+    url = postgres_url()
+    await reset_postgres(url)
+    opened = await open_services(build_config({"database": {"url": url}}, environ={}),
+                                 knowledge_index)
+    admin = db.create_engine(url)
+    users = [f"k{n}" for n in range(5)]
+    try:
+        await asyncio.gather(*(opened.chat.handle(Incoming(channel="web", user_id=user,
+                                                           text="你好"))
+                               for user in users))
+        async with admin.connect() as connection:
+            dropped = (await connection.execute(sql(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"))).scalar_one()
+        assert dropped >= 3  # the concurrent turns left several connections kept
+        for user in users:
+            replies = await opened.chat.handle(Incoming(channel="web", user_id=user,
+                                                        text="菜单"))
+            assert "请选择" in said(replies)
+        async with opened.sessions() as session:
+            turns = (await session.execute(select(Conversation.state))).scalars().all()
+        assert sorted(state["turns"] for state in turns) == [2] * len(users)
+    finally:
+        await admin.dispose()
+        await opened.close()
+
+
 async def test_a_turn_that_lost_the_users_state_to_another_worker_runs_again_on_it(
         knowledge_index, monkeypatch):
     """Two workers, one user, two messages at once (PostgreSQL): the turn that read the

@@ -167,6 +167,64 @@ async def test_on_postgresql_a_lone_read_and_write_hold_no_transaction_open():
         await admin.dispose()
 
 
+async def test_on_postgresql_a_turn_hands_its_connection_to_the_next_leaving_two_in_the_pool():
+    """A connection that ended its turn cleanly serves the next turn (no checkout); the
+    turns keep at most all of the pool but two, for the rest of the worker."""
+    url = postgres_url()
+    await reset_postgres(url)
+    await db.upgrade(url)
+    engine = db.create_engine(url, pool_size=4)
+    transactions = Transactions(engine)
+    backend_pid = select(func.pg_backend_pid())
+    try:
+        backends = []
+        for _ in range(3):
+            async with transactions.begin() as tx:
+                row = await tx.read_first(backend_pid, {})
+                assert row is not None
+                backends.append(row[0])
+        assert len(set(backends)) == 1
+
+        async def turn(started: asyncio.Event, release: asyncio.Event) -> None:
+            async with transactions.begin() as tx:
+                await tx.read_first(backend_pid, {})
+                started.set()
+                await release.wait()
+
+        release = asyncio.Event()
+        started = [asyncio.Event() for _ in range(4)]
+        running = [asyncio.create_task(turn(event, release)) for event in started]
+        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in started)), 10)
+        assert engine.pool.checkedout() == 4  # type: ignore[attr-defined]
+        release.set()
+        await asyncio.gather(*running)
+        assert engine.pool.checkedout() == 2  # type: ignore[attr-defined]
+        await transactions.close()
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    finally:
+        await transactions.close()
+        await engine.dispose()
+
+
+async def test_on_postgresql_a_failed_turn_gives_its_connection_back():
+    url = postgres_url()
+    await reset_postgres(url)
+    await db.upgrade(url)
+    engine = db.create_engine(url, pool_size=4)
+    transactions = Transactions(engine)
+    try:
+        with pytest.raises(Boom):
+            async with transactions.begin() as tx:
+                await save_state(tx, "web", "f1", STATE)
+                raise Boom
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        async with transactions.begin() as tx:
+            assert await read_state(tx, "web", "f1") == ({}, None)
+    finally:
+        await transactions.close()
+        await engine.dispose()
+
+
 async def test_a_turn_waits_for_a_write_elsewhere_in_the_process_then_goes_on(sqlite_url):
     """SQLite: the turns' connection and the pool's other one take the write lock in turn,
     and the waiting side does not block the event loop."""

@@ -35,6 +35,7 @@ from 1.25-1.54 to 1.08-1.15 ms (benchmarks/README.md).
 from __future__ import annotations
 
 import asyncio
+import collections
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -42,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.sql.expression import Executable
 
@@ -328,45 +330,120 @@ class _HeldSqlite:
                 await connection.close()
 
 
-class _KeptConnections:
-    """PostgreSQL connections the turns hand on to each other between messages.
+class _TurnConnections:
+    """The PostgreSQL connections of the message turns: a first-come, first-served pool
+    on top of SQLAlchemy's, whose connections pass from turn to turn.
 
-    Checking a connection out of SQLAlchemy's pool and back costs about 0.1 ms of CPU a
-    message (two greenlet switches and a shielded task), a tenth of a question turn's.
-    So a connection that ends a turn cleanly is kept for the next turn, up to `limit`
-    idle ones, the rest of the pool staying free for the dashboard and the schedulers; a
-    turn that finds none idle checks one out as before.  A connection that failed, or
-    that SQLAlchemy invalidated, goes back to the pool; after an invalidation (the
-    database restarted) every idle one goes back too, so that the pool, which replaces
-    all its connections then, replaces these at their next checkout.
+    Checking a connection out of SQLAlchemy's async pool and back costs two greenlet
+    switches and a shielded task, and under load the turns queued in it: a message cost
+    the worker a quarter more CPU than on SQLite, and waited up to 100 ms at p99.  So
+    the turns keep the connections they check out, at most `limit` of them (the pool's
+    size less two, left to the dashboard, the schedulers and the outbox).  A turn that
+    ends cleanly hands its connection straight to the turn waiting longest, or leaves it
+    idle for the next; a turn that finds none idle and the limit reached waits in line,
+    for at most the pool's own timeout (then `PoolTimeout`, a 503 like any outage).
+
+    A connection whose turn failed goes back to SQLAlchemy's pool, which resets it, and
+    its place to the next in line.  After an invalidation (the database restarted, and
+    SQLAlchemy now replaces the pool's connections at their next checkout), every idle
+    one goes back too, so no turn meets dead connection after dead connection.
     """
 
-    def __init__(self, engine: AsyncEngine, limit: int) -> None:
+    def __init__(self, engine: AsyncEngine, limit: int, timeout_s: float) -> None:
         self._engine = engine
         self._limit = limit
+        self._timeout_s = timeout_s
         self._idle: list[AsyncConnection] = []
+        self._waiting: collections.deque[asyncio.Future[AsyncConnection | None]] = (
+            collections.deque())
+        self._held = 0  # checked out of SQLAlchemy's pool for the turns: idle or in use
 
     async def take(self) -> AsyncConnection:
-        """The most recently kept connection (warmest), or one from the pool."""
+        """A connection for one turn: the last one idle (warmest), a new one from the pool
+        while under the limit, or, in turn, one a finishing turn hands on."""
         while self._idle:
             connection = self._idle.pop()
             if _reusable(connection):
                 return connection
-            await connection.close()
-        return await self._engine.connect()
+            await self._give_back_to_pool(connection)
+        if self._held < self._limit:
+            self._held += 1
+        else:
+            handed = await self._wait()
+            if handed is not None:
+                return handed
+            # else: a place was passed on, with no connection in it.
+        try:
+            return await self._engine.connect()
+        except BaseException:
+            self._pass_place_on()
+            raise
 
-    def keep(self, connection: AsyncConnection) -> bool:
-        """Keep a connection whose turn ended cleanly; False if it must go back."""
-        if len(self._idle) >= self._limit or not _reusable(connection):
-            return False
-        self._idle.append(connection)
-        return True
+    async def give_back(self, connection: AsyncConnection, *, clean: bool) -> None:
+        """The end of a turn: hand the connection on if the turn ended `clean`ly."""
+        if clean and _reusable(connection):
+            self._hand_on(connection)
+            return
+        invalidated = connection.invalidated
+        await self._give_back_to_pool(connection)
+        if invalidated:
+            await self.close()
 
     async def close(self) -> None:
-        """Give every idle connection back to the pool."""
-        idle, self._idle = self._idle, []
-        for connection in idle:
+        """Give every idle connection back to the pool (at shutdown, after an outage)."""
+        while self._idle:
+            await self._give_back_to_pool(self._idle.pop())
+
+    def _hand_on(self, connection: AsyncConnection) -> None:
+        waiter = self._next_waiter()
+        if waiter is not None:
+            waiter.set_result(connection)
+        else:
+            self._idle.append(connection)
+
+    async def _give_back_to_pool(self, connection: AsyncConnection) -> None:
+        try:
             await connection.close()
+        finally:
+            self._pass_place_on()
+
+    def _pass_place_on(self) -> None:
+        """One connection fewer held: the next in line may open one in its place."""
+        waiter = self._next_waiter()
+        if waiter is not None:
+            waiter.set_result(None)
+        else:
+            self._held -= 1
+
+    def _next_waiter(self) -> asyncio.Future[AsyncConnection | None] | None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                return waiter
+        return None
+
+    async def _wait(self) -> AsyncConnection | None:
+        waiter: asyncio.Future[AsyncConnection | None] = (
+            asyncio.get_running_loop().create_future())
+        self._waiting.append(waiter)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await waiter
+        except BaseException as error:
+            # Handed something just as the wait ended (a timeout, a cancelled request):
+            # pass it on rather than lose a connection or a place.
+            if waiter.done() and not waiter.cancelled():
+                handed = waiter.result()
+                if handed is not None:
+                    self._hand_on(handed)
+                else:
+                    self._pass_place_on()
+            else:
+                waiter.cancel()
+            if isinstance(error, TimeoutError):
+                raise PoolTimeout(f"no database connection free for a turn within "
+                                  f"{self._timeout_s:g} s") from None
+            raise
 
 
 def _reusable(connection: AsyncConnection) -> bool:
@@ -382,7 +459,7 @@ class Transactions:
         self._compiled: dict[int, _Compiled] = {}
         self._sqlite = (_HeldSqlite(engine, SQLITE_BUSY_TIMEOUT_MS / 1000)
                         if is_in_process(engine) else None)
-        self._kept = _KeptConnections(engine, _kept_limit(engine))
+        self._turns = _TurnConnections(engine, *_turn_pool_size(engine))
 
     @asynccontextmanager
     async def begin(self, *, read_only: bool = False) -> AsyncIterator[Transaction]:
@@ -401,29 +478,28 @@ class Transactions:
                     _run(Transaction(connection, None, self._compiled)) as transaction:
                 yield transaction
             return
-        connection = await self._kept.take()
-        kept = False
+        connection = await self._turns.take()
+        clean = False
         try:
             async with _run(Transaction(connection, None, self._compiled)) as transaction:
                 yield transaction
-            kept = self._kept.keep(connection)
+            clean = True
         finally:
-            if not kept:
-                invalidated = connection.invalidated
-                await connection.close()
-                if invalidated:
-                    await self._kept.close()
+            await self._turns.give_back(connection, clean=clean)
 
     async def close(self) -> None:
         """Give back the connections held for the turns (before the engine is disposed)."""
         if self._sqlite is not None:
             await self._sqlite.close()
-        await self._kept.close()
+        await self._turns.close()
 
 
-def _kept_limit(engine: AsyncEngine) -> int:
-    """Idle connections the turns may keep: all of the pool but two, left to the rest of
-    the worker (dashboard, schedulers, outbox), which would otherwise wait for a turn to
-    give one back."""
-    size = getattr(engine.pool, "size", None)
-    return max(1, int(size()) - 2) if callable(size) else 1
+def _turn_pool_size(engine: AsyncEngine) -> tuple[int, float]:
+    """How many connections the turns may hold, and how long a turn waits for one: all of
+    the pool but two, left to the rest of the worker (dashboard, schedulers, outbox),
+    and the pool's own timeout."""
+    pool = engine.pool
+    size = getattr(pool, "size", None)
+    timeout = getattr(pool, "timeout", None)
+    return (max(1, int(size()) - 2) if callable(size) else 1,
+            float(timeout()) if callable(timeout) else 30.0)

@@ -14,11 +14,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot import db
 from bot.models import Conversation, UnansweredQuestion, as_utc
 from bot.state import load_state, read_state, save_state, save_state_if_unchanged
-from bot.transactions import Transactions
+from bot.transactions import Transactions, _TurnConnections
 from tests.conftest import postgres_url, reset_postgres
 
 STATE = {"mode": "complaint", "buttons": ["kb:a", "menu"], "note": "老人家 😀 \u2028 ok"}
@@ -167,42 +169,100 @@ async def test_on_postgresql_a_lone_read_and_write_hold_no_transaction_open():
         await admin.dispose()
 
 
-async def test_on_postgresql_a_turn_hands_its_connection_to_the_next_leaving_two_in_the_pool():
-    """A connection that ended its turn cleanly serves the next turn (no checkout); the
-    turns keep at most all of the pool but two, for the rest of the worker."""
+async def _postgres_transactions(pool_size: int) -> tuple[AsyncEngine, Transactions]:
     url = postgres_url()
     await reset_postgres(url)
     await db.upgrade(url)
-    engine = db.create_engine(url, pool_size=4)
-    transactions = Transactions(engine)
-    backend_pid = select(func.pg_backend_pid())
-    try:
-        backends = []
-        for _ in range(3):
-            async with transactions.begin() as tx:
-                row = await tx.read_first(backend_pid, {})
-                assert row is not None
-                backends.append(row[0])
-        assert len(set(backends)) == 1
+    engine = db.create_engine(url, pool_size=pool_size)
+    return engine, Transactions(engine)
 
-        async def turn(started: asyncio.Event, release: asyncio.Event) -> None:
-            async with transactions.begin() as tx:
-                await tx.read_first(backend_pid, {})
-                started.set()
-                await release.wait()
+
+async def _held_turn(transactions: Transactions, started: asyncio.Event,
+                     release: asyncio.Event, backends: list[int]) -> None:
+    async with transactions.begin() as tx:
+        row = await tx.read_first(select(func.pg_backend_pid()), {})
+        assert row is not None
+        backends.append(row[0])
+        started.set()
+        await release.wait()
+
+
+async def test_on_postgresql_turns_hand_their_connections_on_and_leave_two_in_the_pool():
+    """A connection that ended its turn cleanly serves the next turn (no checkout).  The
+    turns hold at most all of the pool but two: a turn beyond that waits for one to be
+    handed on, while the rest of the worker still gets a connection at once."""
+    engine, transactions = await _postgres_transactions(pool_size=4)
+    try:
+        backends: list[int] = []
+        go_on = asyncio.Event()
+        go_on.set()
+        for _ in range(3):
+            await _held_turn(transactions, asyncio.Event(), go_on, backends)
+        assert len(set(backends)) == 1  # one connection, passed on
 
         release = asyncio.Event()
-        started = [asyncio.Event() for _ in range(4)]
-        running = [asyncio.create_task(turn(event, release)) for event in started]
-        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in started)), 10)
-        assert engine.pool.checkedout() == 4  # type: ignore[attr-defined]
+        started = [asyncio.Event() for _ in range(3)]
+        running = [asyncio.create_task(_held_turn(transactions, event, release, backends))
+                   for event in started]
+        await asyncio.wait_for(asyncio.gather(started[0].wait(), started[1].wait()), 10)
+        await asyncio.sleep(0.05)
+        assert not started[2].is_set()  # the third turn waits in line
+        assert engine.pool.checkedout() == 2  # type: ignore[attr-defined]
+        async with engine.connect() as dashboard:  # not kept waiting by the turns
+            assert (await dashboard.execute(text("SELECT 1"))).scalar_one() == 1
         release.set()
-        await asyncio.gather(*running)
+        await asyncio.wait_for(asyncio.gather(*running), 10)
+        assert backends[-1] in backends[-3:-1]  # handed on, not a new connection
         assert engine.pool.checkedout() == 2  # type: ignore[attr-defined]
         await transactions.close()
         assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     finally:
         await transactions.close()
+        await engine.dispose()
+
+
+async def test_on_postgresql_turns_waiting_for_a_connection_get_it_in_arrival_order():
+    engine, transactions = await _postgres_transactions(pool_size=3)  # the turns hold 1
+    try:
+        order: list[int] = []
+
+        async def turn(number: int) -> None:
+            async with transactions.begin() as tx:
+                await tx.read_first(select(func.pg_backend_pid()), {})
+                order.append(number)
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(asyncio.gather(*(turn(n) for n in range(6))), 10)
+        assert order == list(range(6))
+    finally:
+        await transactions.close()
+        await engine.dispose()
+
+
+async def test_on_postgresql_a_turn_that_waits_too_long_gets_the_pool_timeout_and_loses_nothing():
+    """Waiting for a connection ends, like waiting on SQLAlchemy's pool, in `PoolTimeout`
+    (a 503); a wait given up, by timeout or cancellation, takes no place in the line."""
+    engine, _ = await _postgres_transactions(pool_size=3)
+    turns = _TurnConnections(engine, limit=1, timeout_s=0.2)
+    try:
+        busy = await turns.take()
+        with pytest.raises(PoolTimeout):
+            await turns.take()
+        cancelled = asyncio.create_task(turns.take())
+        await asyncio.sleep(0.05)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        later = asyncio.create_task(turns.take())
+        await asyncio.sleep(0.05)
+        await turns.give_back(busy, clean=True)
+        assert await asyncio.wait_for(later, 1) is busy
+        await turns.give_back(busy, clean=False)  # a failed turn: back to the pool
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        again = await asyncio.wait_for(turns.take(), 1)  # its place was freed
+        await turns.give_back(again, clean=True)
+    finally:
+        await turns.close()
         await engine.dispose()
 
 

@@ -409,6 +409,10 @@ def _check_values(config: Config) -> None:
         raise ConfigError(f"http.port: {config.http.port} is not a TCP port")
     if not (config.database.url.startswith(("sqlite", "postgresql", "postgres://"))):
         raise ConfigError("database.url: only sqlite:/// and postgresql:// URLs are supported")
+    if config.database.pool_size < 3:
+        # The message turns hold all of a PostgreSQL pool but two (bot.transactions); the
+        # dashboard, schedulers and outbox need the rest.
+        raise ConfigError("database.pool_size: must be at least 3")
     if config.chat.max_text_chars < 1 or config.chat.max_user_chars < 1:
         raise ConfigError("chat.max_text_chars and chat.max_user_chars must be positive")
     if not 0.0 < config.knowledge.answer_threshold < 1.0:

@@ -20,16 +20,18 @@ differently per database:
   through SQLAlchemy, whose disconnect handling the engine relies on (the whole pool is
   replaced after a database restart, `bot.engine` retries the turn).  Statements inside
   a transaction (the locked turn, filing) run as SQLAlchemy Core statements on the
-  connection, so that SQLAlchemy begins and ends the transaction.
+  connection, so that SQLAlchemy begins and ends the transaction.  The connections pass
+  from turn to turn (`_TurnConnections`) instead of going back to SQLAlchemy's pool.
 
 The ORM is still there for the rare work that needs it (filing a complaint, staff
 replies): `Transaction.session()` opens a session on the same connection and transaction
 the first time it is asked for, and the transaction flushes it before committing.
 
 In-process, per message, this took a question turn from 3.7 to 1.2 ms of CPU, a scam
-check from 2.4 to 0.5 ms and a complaint dialogue step from 4.1 to 1.4 ms; on
-PostgreSQL, the asyncpg path cut the worker's CPU per message of the benchmark's mix
-from 1.25-1.54 to 1.08-1.15 ms (benchmarks/README.md).
+check from 2.4 to 0.5 ms and a complaint dialogue step from 4.1 to 1.4 ms.  On
+PostgreSQL the asyncpg path and the connections handed on took the worker's CPU per
+message of the benchmark's mix from 1.36 to 0.84-0.94 ms, what it spends on SQLite
+(benchmarks/README.md).
 """
 
 from __future__ import annotations

@@ -62,6 +62,7 @@ def test_env_name_is_the_documented_pattern():
         ({}, {"XIAOBAO_DATABASE_AUTO_MIGRATE": "maybe"}, "XIAOBAO_DATABASE_AUTO_MIGRATE"),
         ({"http": {"port": 70000}}, {}, "http.port"),
         ({"database": {"url": "mysql://x"}}, {}, "database.url"),
+        ({"database": {"pool_size": 2}}, {}, "database.pool_size"),
     ],
 )
 def test_bad_configuration_is_one_line_naming_the_key(document, environ, names):

@@ -30,7 +30,7 @@ the first time it is asked for, and the transaction flushes it before committing
 In-process, per message, this took a question turn from 3.7 to 1.2 ms of CPU, a scam
 check from 2.4 to 0.5 ms and a complaint dialogue step from 4.1 to 1.4 ms.  On
 PostgreSQL the asyncpg path and the connections handed on took the worker's CPU per
-message of the benchmark's mix from 1.36 to 0.84-0.94 ms, what it spends on SQLite
+message of the benchmark's mix from 1.36 to 0.90-0.94 ms, what it spends on SQLite
 (benchmarks/README.md).
 """
 

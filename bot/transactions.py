@@ -363,11 +363,8 @@ class _TurnConnections:
     async def take(self) -> AsyncConnection:
         """A connection for one turn: the last one idle (warmest), a new one from the pool
         while under the limit, or, in turn, one a finishing turn hands on."""
-        while self._idle:
-            connection = self._idle.pop()
-            if _reusable(connection):
-                return connection
-            await self._give_back_to_pool(connection)
+        if self._idle:  # checked when handed on; nothing touches it while idle
+            return self._idle.pop()
         if self._held < self._limit:
             self._held += 1
         else:

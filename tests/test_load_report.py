@@ -11,16 +11,20 @@ from benchmarks.load import (
     proc_figures,
     report,
     scaling_ceiling,
+    scaling_ceiling_without_database,
     single_core_speed,
     verdicts,
 )
 
 
-def phase(per_second: float, busy: float | None = None) -> dict:
+def phase(per_second: float, busy: float | None = None,
+          postgres: float | None = None) -> dict:
     figures = {"per_second": per_second, "p99_ms": 40.0}
     result = {"all": figures, "chat": figures}
     if busy is not None:
         result["cpu"] = {"machine_cores": 2, "machine_busy_cores": busy}
+        if postgres is not None:
+            result["cpu"]["postgres_cores"] = postgres
     return result
 
 
@@ -28,6 +32,25 @@ def test_the_scaling_ceiling_is_the_cores_over_what_one_worker_kept_busy():
     assert scaling_ceiling(phase(600.0, busy=1.25)) == 1.6
     assert scaling_ceiling(phase(600.0, busy=1.32)) == 1.52
     assert scaling_ceiling(phase(600.0)) is None
+
+
+def test_the_ceiling_without_the_database_takes_only_its_cores_off():
+    """The figures of a fast host's run: 1.36 cores busy with one worker, 0.26 of them
+    PostgreSQL's; the generator and the kernel stay on the machine."""
+    assert scaling_ceiling_without_database(phase(1289.0, busy=1.36, postgres=0.26)) == 1.82
+    assert scaling_ceiling_without_database(phase(600.0, busy=1.0, postgres=0.0)) == 2.0
+    assert scaling_ceiling_without_database(phase(600.0, busy=1.25)) is None
+    assert scaling_ceiling_without_database(phase(600.0, busy=0.3, postgres=0.3)) is None
+    assert scaling_ceiling_without_database(phase(600.0)) is None
+
+
+def test_the_two_worker_verdict_names_both_ceilings():
+    rows = verdicts({"postgres_1_mixed": phase(1289.0, busy=1.36, postgres=0.26),
+                     "postgres_2_mixed": phase(1646.4, busy=1.99, postgres=0.44)})
+    (_, measured, met), = [row for row in rows if "one worker on PostgreSQL" in row[0]]
+    assert "at most 1.47x here" in measured
+    assert "1.82x with PostgreSQL's 0.26 cores on a machine of its own" in measured
+    assert not met
 
 
 def test_the_two_worker_verdict_names_its_ceiling_and_the_yardstick():
